@@ -1,0 +1,34 @@
+# paystream: `make run` starts the whole stack with a demo; `make test` runs the test suite.
+# Both create .venv and install what is missing (pinned by constraints.txt).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PAYSTREAM_HOME ?= .paystream
+
+.PHONY: run test install lint bench bench-ledger clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/paystream up --home $(PAYSTREAM_HOME) --demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m mypy src
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest tests/benchmarks -p no:cacheprovider -s
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""The `paystream` command: run the stack, serve one service, demo, bench, check invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from paystream.platform.migrations import SERVICES
+
+app = typer.Typer(
+    help="paystream: wallets on a double-entry ledger, payments, fraud screening, signed webhooks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+HomeOption = Annotated[
+    Path,
+    typer.Option("--home", envvar="PAYSTREAM_HOME", help="Where the stack keeps its state."),
+]
+
+
+def _parse_ports(values: list[str]) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not number.isdigit() or not 0 < int(number) < 65536:
+            raise typer.BadParameter(f"expected NAME=PORT (e.g. gateway=8800), got {value!r}")
+        ports[name] = int(number)
+    return ports
+
+
+@app.command()
+def up(
+    home: HomeOption = Path(".paystream"),
+    demo: Annotated[bool, typer.Option("--demo", help="Run `paystream demo` once the stack is up.")] = False,
+    auto_ports: Annotated[bool, typer.Option("--auto-ports", help="Use any free ports.")] = False,
+    port: Annotated[list[str], typer.Option("--port", help="NAME=PORT; a busy port is an error.")] = [],  # noqa: B006
+    demo_payments: Annotated[int, typer.Option(help="Transfers the demo sends.")] = 3000,
+) -> None:
+    """Start PostgreSQL, NATS JetStream, Redis and every service; run until Ctrl-C."""
+    from paystream.stack.up import UpError, UpOptions, run_up
+
+    options = UpOptions(
+        home=home, auto_ports=auto_ports, ports=_parse_ports(port), demo=demo,
+        demo_args=["--payments", str(demo_payments)],
+    )
+    try:
+        code = asyncio.run(run_up(options, console))
+    except UpError as exc:
+        console.print(f"[bold red]cannot start:[/bold red] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(home: HomeOption = Path(".paystream")) -> None:
+    """Stop the stack running from HOME (it drains first)."""
+    from paystream.stack.up import stop_running
+
+    console.print(stop_running(home))
+
+
+@app.command()
+def serve(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}")]) -> None:
+    """Run one service in the foreground (what `paystream up` starts for each service)."""
+    if name not in SERVICES:
+        console.print(f"[red]unknown service {name!r}[/red]; choose one of: {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    from paystream.platform.runtime import run_service
+
+    run_service(importlib.import_module(f"paystream.{name}.service"))
+
+
+@app.command()
+def demo(
+    home: HomeOption = Path(".paystream"),
+    payments: Annotated[int, typer.Option(min=100, help="How many transfers to send.")] = 3000,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 32,
+) -> None:
+    """Against a running stack: accounts, deposits, a mix of transfers, then a report."""
+    from paystream.tools.demo import run_demo
+
+    ok = asyncio.run(run_demo(home, payments=payments, concurrency=concurrency, console=console))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def bench(
+    home: HomeOption = Path(".paystream"),
+    payments: Annotated[int, typer.Option(min=1)] = 10_000,
+    concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 32,
+    accounts: Annotated[int, typer.Option(min=2, help="Funded accounts the payments spread over.")] = 2000,
+) -> None:
+    """Drive N payments through the public API at a concurrency; report rates and latencies."""
+    from paystream.tools.bench import run_bench
+
+    ok = asyncio.run(run_bench(home, payments=payments, concurrency=concurrency, accounts=accounts,
+                               console=console))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def check(home: HomeOption = Path(".paystream")) -> None:
+    """Check the money invariants against the running stack's database."""
+    from paystream.tools.invariants import check_from_home
+
+    report = asyncio.run(check_from_home(home))
+    console.print(report.table())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The fraud service: rules screening every payment, and the human review queue."""

@@ -1,0 +1,101 @@
+"""Fraud rules, pure: facts about a payment in, a decision with its reasons out.
+
+Decline beats review beats approve. A fact that could not be established in time
+(``None``) never approves: the payment goes to a human.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Outcome = Literal["approve", "decline", "review"]
+_RANK = {"approve": 0, "review": 1, "decline": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the rules look at. ``recent_payments`` is None when it could not be counted."""
+
+    amount: int
+    currency: str
+    kind: str
+    recent_payments: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    outcome: Outcome
+    reason: str
+
+
+class Rule(Protocol):
+    """One rule: a hit when it has something to say, else None."""
+
+    def evaluate(self, facts: Facts) -> Hit | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AmountLimit:
+    """Declines any payment above ``limit`` minor units."""
+
+    limit: int
+
+    def evaluate(self, facts: Facts) -> Hit | None:
+        if facts.amount > self.limit:
+            return Hit("decline", "amount_over_limit")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewBand:
+    """Sends mid-risk amounts (``threshold`` ≤ amount ≤ ``limit``) to a human."""
+
+    threshold: int
+    limit: int
+
+    def evaluate(self, facts: Facts) -> Hit | None:
+        if self.threshold <= facts.amount <= self.limit:
+            return Hit("review", "amount_in_review_band")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class VelocityLimit:
+    """Declines an account's payments past ``limit`` within the counting window."""
+
+    limit: int
+
+    def evaluate(self, facts: Facts) -> Hit | None:
+        if facts.recent_payments is None:
+            return Hit("review", "velocity_unavailable")
+        if facts.recent_payments > self.limit:
+            return Hit("decline", "velocity_exceeded")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    reasons: tuple[str, ...]
+
+
+def decide(rules: Sequence[Rule], facts: Facts) -> Decision:
+    """Run every rule; the strictest outcome wins and every reason is kept."""
+    hits = [hit for rule in rules if (hit := rule.evaluate(facts)) is not None]
+    if not hits:
+        return Decision("approve", ())
+    outcome = max((hit.outcome for hit in hits), key=_RANK.__getitem__)
+    return Decision(outcome, tuple(hit.reason for hit in hits if hit.outcome == outcome))
+
+
+def default_rules(
+    *, amount_limit: int, review_threshold: int, velocity_limit: int
+) -> tuple[Rule, ...]:
+    """The rule set the service runs, from settings."""
+    return (
+        AmountLimit(amount_limit),
+        ReviewBand(review_threshold, amount_limit),
+        VelocityLimit(velocity_limit),
+    )

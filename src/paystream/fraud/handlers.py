@@ -1,0 +1,168 @@
+"""Screening: payments.initiated in, fraud.approved | fraud.declined | fraud.review out.
+
+Also the human side: approving or declining a review emits the same events, so an
+approval continues the payment exactly as an automatic approval would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from paystream.contracts.envelope import Envelope, make_envelope
+from paystream.contracts.events import (
+    FraudApproved,
+    FraudDeclined,
+    FraudReview,
+    PaymentInitiated,
+    PaymentOrder,
+    payload_of,
+)
+from paystream.fraud.domain import Decision, Facts, Rule, decide
+from paystream.fraud.store import FraudStore, review_view
+from paystream.fraud.velocity import VelocityCounter
+from paystream.platform.errors import Conflict, NotFound
+from paystream.platform.ids import new_id
+from paystream.platform.observability import bound, get_logger
+from paystream.platform.outbox import Outbox
+from paystream.platform.resilience import Guard
+
+log = get_logger(__name__)
+
+
+class FraudHandlers:
+    def __init__(
+        self,
+        *,
+        store: FraudStore,
+        outbox: Outbox,
+        rules: Sequence[Rule],
+        velocity: VelocityCounter,
+        velocity_guard: Guard,
+    ) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._rules = rules
+        self._velocity = velocity
+        self._guard = velocity_guard
+
+    async def _recent_counts(self, orders: Sequence[PaymentOrder]) -> list[int | None]:
+        """Velocity per order; all None when the counter cannot answer in its budget."""
+        now_ms = int(time.time() * 1000)
+        items = [(o.account_key, o.payment_id, now_ms) for o in orders]
+        try:
+            counts = await self._guard.call(lambda: self._velocity.record(items))
+        except Exception as exc:
+            log.warning("velocity_unavailable", error=repr(exc), payments=len(orders))
+            return [None] * len(orders)
+        return list(counts)
+
+    async def on_payments_initiated(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
+        initiated = [(e, payload_of(e, PaymentInitiated).order) for e in envelopes
+                     if e.type == "payments.initiated"]
+        if not initiated:
+            return
+        already = await self._store.decided(conn, [o.payment_id for _, o in initiated])
+        todo = [(e, o) for e, o in initiated if o.payment_id not in already]
+        if not todo:
+            return
+        counts = await self._recent_counts([o for _, o in todo])
+        now = datetime.now(UTC)
+        decisions: list[tuple[str, str, str, list[str]]] = []
+        reviews: list[dict[str, Any]] = []
+        events: list[Envelope] = []
+        for (envelope, order), recent in zip(todo, counts, strict=True):
+            decision = decide(
+                self._rules,
+                Facts(amount=order.amount, currency=order.currency, kind=order.kind,
+                      recent_payments=recent),
+            )
+            with bound(payment_id=order.payment_id, correlation_id=envelope.correlation_id):
+                log.info("fraud_decision", outcome=decision.outcome, reasons=list(decision.reasons))
+            decisions.append((order.payment_id, order.tenant_id, decision.outcome, list(decision.reasons)))
+            review_id = None
+            if decision.outcome == "review":
+                review_id = new_id("rev")
+                reviews.append({
+                    "id": review_id,
+                    "tenant_id": order.tenant_id,
+                    "payment_id": order.payment_id,
+                    "reasons": list(decision.reasons),
+                    "payment": msgspec.to_builtins(order),
+                    "amount": order.amount,
+                    "currency": order.currency,
+                })
+            events.append(_outcome_event(decision, order, review_id, envelope))
+        await self._store.add_decisions(conn, decisions, now)
+        await self._store.add_reviews(conn, reviews, now)
+        await self._outbox.add(conn, events)
+
+    async def decide_review(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        tenant_id: str,
+        review_id: str,
+        approve: bool,
+        decided_by: str,
+        note: str | None,
+        correlation_id: str,
+    ) -> dict[str, Any]:
+        """Approve or decline an open review; its event commits with the decision."""
+        async with conn.transaction():
+            row = await self._store.decide_review(
+                conn,
+                tenant_id=tenant_id,
+                review_id=review_id,
+                status="approved" if approve else "declined",
+                decided_by=decided_by,
+                note=note,
+                now=datetime.now(UTC),
+            )
+            if row is None:
+                existing = await self._store.get_review(conn, tenant_id, review_id)
+                if existing is None:
+                    raise NotFound(f"no review {review_id}", code="review_not_found")
+                raise Conflict(
+                    f"review {review_id} is already {existing['status']}", code="review_already_decided"
+                )
+            order = msgspec.convert(row["payment"], PaymentOrder)
+            reasons = ["review_approved" if approve else "review_declined"]
+            event: msgspec.Struct = (
+                FraudApproved(order=order, review_id=review_id, reasons=reasons)
+                if approve
+                else FraudDeclined(order=order, review_id=review_id, reasons=reasons)
+            )
+            with bound(payment_id=order.payment_id, review_id=review_id):
+                log.info("review_decided", approved=approve, by=decided_by)
+            await self._outbox.add(
+                conn,
+                [make_envelope(event, partition_key=order.account_key,
+                               correlation_id=correlation_id or order.payment_id)],
+            )
+        return review_view(row)
+
+
+def _outcome_event(
+    decision: Decision, order: PaymentOrder, review_id: str | None, cause: Envelope
+) -> Envelope:
+    reasons = list(decision.reasons)
+    event: msgspec.Struct
+    if decision.outcome == "approve":
+        event = FraudApproved(order=order, reasons=reasons)
+    elif decision.outcome == "decline":
+        event = FraudDeclined(order=order, reasons=reasons)
+    else:
+        assert review_id is not None
+        event = FraudReview(order=order, review_id=review_id, reasons=reasons)
+    return make_envelope(
+        event,
+        partition_key=order.account_key,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.id,
+    )

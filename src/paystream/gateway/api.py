@@ -1,0 +1,335 @@
+"""The public HTTP edge: OAuth2 token endpoint, JWKS, clients, and the forwarding routes.
+
+Every ``/v1`` request is, in order: authenticated (Bearer JWT), checked for its scope,
+its body parsed and validated against the public schema, its Idempotency-Key honoured,
+and then forwarded to the service that owns the resource.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import asyncpg
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from paystream.contracts.api import ClientCreate
+from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, parse_scope, valid_idempotency_key
+from paystream.gateway.routes import ROUTES, Route
+from paystream.gateway.store import ClientStore, IdempotencyStore, secret_matches
+from paystream.gateway.tokens import InvalidToken, TokenService
+from paystream.platform.errors import DomainError
+from paystream.platform.http import Caller, JSONResponse, problem, validation_problem
+from paystream.platform.internal import InternalClient
+from paystream.platform.observability import bound, get_logger
+
+log = get_logger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class ApiError(DomainError):
+    """A problem answered at the edge, with its own status and code."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str) -> None:
+        super().__init__(detail, code=code)
+        self.status = status
+        self.title = title
+
+
+def unauthorized() -> Response:
+    return problem(
+        401, "unauthorized", "Unauthorized", "missing or invalid access token",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+class Gateway:
+    """The edge's behaviour, independent of how routes are registered."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        tokens: TokenService,
+        services: dict[str, InternalClient],
+        internal_token: str,
+    ) -> None:
+        self.pool = pool
+        self.tokens = tokens
+        self.services = services
+        self.clients = ClientStore()
+        self.idempotency = IdempotencyStore()
+        self._internal_token = internal_token
+
+    # -- authentication ------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> Principal | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        try:
+            return self.tokens.verify(token.strip())
+        except InvalidToken as exc:
+            log.info("token_rejected", reason=str(exc))
+            return None
+
+    # -- body ----------------------------------------------------------------------------
+
+    async def parse_body(self, request: Request, model: type[BaseModel], required: bool) -> Any:
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, "payload_too_large", "Payload too large",
+                           f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        if not raw.strip():
+            if not required:
+                return {}
+            raise ApiError(400, "body_required", "Bad request", "a JSON object body is required")
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type.lower():
+            raise ApiError(415, "unsupported_media_type", "Unsupported media type",
+                           "send the body as application/json")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "malformed_json", "Malformed JSON",
+                           "the request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(422, "validation_error", "Validation failed", "the body must be a JSON object")
+        try:
+            model.model_validate(data)
+        except ValidationError as exc:
+            raise _Invalid(exc) from None
+        return data
+
+    # -- forwarding ----------------------------------------------------------------------
+
+    async def forward(
+        self, route: Route, request: Request, principal: Principal, body: Any, key: str | None,
+        correlation_id: str,
+    ) -> Response:
+        path_params = {k: quote(str(v), safe="") for k, v in request.path_params.items()}
+        internal_path = "/internal" + route.path.removeprefix("/v1").format(**path_params)
+        caller = Caller(
+            tenant_id=principal.tenant_id,
+            client_id=principal.client_id,
+            user_id=principal.user_id,
+            scopes=principal.scopes,
+            correlation_id=correlation_id,
+            idempotency_key=key,
+        )
+        content = orjson.dumps(body) if route.body is not None else None
+        upstream = await self.services[route.service].request(
+            route.method, internal_path, caller, content=content,
+            params=request.url.query or None,
+        )
+        headers = {"x-correlation-id": correlation_id}
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type"),
+            headers=headers,
+        )
+
+    async def handle(self, route: Route, request: Request) -> Response:
+        principal = self.authenticate(request)
+        if principal is None:
+            return unauthorized()
+        if route.scope not in principal.scopes:
+            return problem(403, "insufficient_scope", "Forbidden",
+                           f"this route needs the {route.scope} scope")
+        correlation_id = request.headers.get("x-correlation-id", "")[:128] or uuid.uuid4().hex
+        with bound(correlation_id=correlation_id, client_id=principal.client_id):
+            try:
+                body = (
+                    await self.parse_body(request, route.body, route.body_required)
+                    if route.body is not None else None
+                )
+            except _Invalid as exc:
+                return validation_problem_from(exc.error)
+            key = request.headers.get("idempotency-key")
+            if key is None and route.idempotency == "required":
+                return problem(400, "idempotency_key_required", "Idempotency-Key required",
+                               "send an Idempotency-Key header (1-255 characters) with this request")
+            if key is not None and not valid_idempotency_key(key):
+                return problem(400, "invalid_idempotency_key", "Invalid Idempotency-Key",
+                               "the Idempotency-Key must be 1-255 printable ASCII characters")
+            if key is None or route.idempotency == "none":
+                return await self.forward(route, request, principal, body, None, correlation_id)
+            return await self._idempotent(route, request, principal, body, key, correlation_id)
+
+    async def _idempotent(
+        self, route: Route, request: Request, principal: Principal, body: Any, key: str,
+        correlation_id: str,
+    ) -> Response:
+        request_fp = fingerprint(route.method, request.url.path, body)
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn:
+            stored = await self.idempotency.begin(conn, principal.client_id, key, request_fp, now)
+            if stored is not None:
+                verdict = idempotency_verdict(stored, request_fp, now)
+                if verdict == "replay":
+                    assert stored.status_code is not None and stored.response_body is not None
+                    return Response(
+                        stored.response_body, status_code=stored.status_code,
+                        media_type=stored.response_type,
+                        headers={"Idempotent-Replayed": "true", "x-correlation-id": correlation_id},
+                    )
+                if verdict == "mismatch":
+                    return problem(422, "idempotency_key_reused", "Idempotency-Key reused",
+                                   "this Idempotency-Key was used with a different request")
+                if verdict == "in_progress" or not await self.idempotency.take_over(
+                    conn, principal.client_id, key, now
+                ):
+                    return problem(409, "idempotency_key_in_use", "Request in progress",
+                                   "a request with this Idempotency-Key is still being processed")
+        try:
+            response = await self.forward(route, request, principal, body, key, correlation_id)
+        except BaseException:
+            await self._abandon(principal.client_id, key)
+            raise
+        if response.status_code >= 500:
+            await self._abandon(principal.client_id, key)
+            return response
+        async with self.pool.acquire() as conn:
+            await self.idempotency.finish(
+                conn, principal.client_id, key, response.status_code, bytes(response.body),
+                response.media_type or "application/json",
+            )
+        return response
+
+    async def _abandon(self, client_id: str, key: str) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await self.idempotency.abandon(conn, client_id, key)
+        except Exception as exc:  # the lease will expire and let a retry take over
+            log.warning("idempotency_abandon_failed", error=repr(exc))
+
+    # -- OAuth2 --------------------------------------------------------------------------
+
+    async def token(self, request: Request) -> Response:
+        raw = await request.body()
+        if len(raw) > 8192:
+            return _oauth_error(413, "invalid_request", "request too large")
+        content_type = request.headers.get("content-type", "")
+        if "application/x-www-form-urlencoded" not in content_type.lower():
+            return _oauth_error(400, "invalid_request", "send the form as application/x-www-form-urlencoded")
+        try:
+            form = {k: v[0] for k, v in parse_qs(raw.decode(), strict_parsing=False).items()}
+        except UnicodeDecodeError:
+            return _oauth_error(400, "invalid_request", "the form is not valid UTF-8")
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        basic = _basic_credentials(request.headers.get("authorization", ""))
+        if basic is not None:
+            client_id, client_secret = basic
+        grant_type = form.get("grant_type")
+        if grant_type != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
+        if not client_id or not client_secret or len(client_id) > 64 or len(client_secret) > 256:
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        async with self.pool.acquire() as conn:
+            client = await self.clients.get_client(conn, client_id)
+        if client is None or client["disabled"] or not secret_matches(client_secret, client["secret_hash"]):
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        scopes = parse_scope(form.get("scope"), frozenset(client["scopes"]))
+        if scopes is None:
+            return _oauth_error(400, "invalid_scope", "a requested scope is not granted to this client")
+        token = self.tokens.issue(client_id=client["id"], tenant_id=client["tenant_id"], scopes=scopes)
+        return JSONResponse(
+            {"access_token": token, "token_type": "Bearer", "expires_in": self.tokens.ttl,
+             "scope": " ".join(sorted(scopes))},
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    async def create_client(self, request: Request) -> Response:
+        principal = self.authenticate(request)
+        if principal is None:
+            return unauthorized()
+        if "admin" not in principal.scopes:
+            return problem(403, "insufficient_scope", "Forbidden", "this route needs the admin scope")
+        try:
+            body = await self.parse_body(request, ClientCreate, True)
+        except _Invalid as exc:
+            return validation_problem_from(exc.error)
+        spec = ClientCreate.model_validate(body)
+        async with self.pool.acquire() as conn:
+            row, secret = await self.clients.create_client(
+                conn, tenant_id=spec.tenant, name=spec.name, scopes=spec.scopes
+            )
+        log.info("client_created", new_client_id=row["id"], tenant=spec.tenant, by=principal.client_id)
+        return JSONResponse(
+            {"client_id": row["id"], "client_secret": secret, "name": row["name"],
+             "tenant": row["tenant_id"], "scopes": list(row["scopes"]), "created_at": row["created_at"]},
+            status_code=201,
+        )
+
+
+class _Invalid(Exception):
+    def __init__(self, error: ValidationError) -> None:
+        self.error = error
+
+
+def validation_problem_from(error: ValidationError) -> Response:
+    return validation_problem(RequestValidationError(error.errors(include_url=False)))
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    return (client_id, secret) if sep else None
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    """RFC 6749 error members inside an RFC 9457 problem, so both kinds of client understand."""
+    body = {
+        "type": f"https://paystream.dev/problems/{error}",
+        "title": {400: "Bad request", 401: "Unauthorized", 413: "Payload too large"}[status],
+        "status": status,
+        "detail": description,
+        "code": error,
+        "error": error,
+        "error_description": description,
+    }
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="paystream"'
+    return Response(orjson.dumps(body), status_code=status, media_type="application/problem+json",
+                    headers=headers)
+
+
+def install_routes(app: FastAPI, gateway: Gateway) -> None:
+    """Register the OAuth2, JWKS, clients and every forwarding route of `ROUTES`."""
+
+    async def jwks() -> Response:
+        return JSONResponse(gateway.tokens.jwks(), headers={"Cache-Control": "max-age=60"})
+
+    app.add_api_route("/oauth/token", gateway.token, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/.well-known/jwks.json", jwks, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/v1/clients", gateway.create_client, methods=["POST"], include_in_schema=False)
+    for route in ROUTES:
+        app.add_api_route(
+            route.path, _endpoint(gateway, route), methods=[route.method],
+            include_in_schema=False, name=f"{route.method} {route.path}",
+        )
+
+
+def _endpoint(gateway: Gateway, route: Route) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await gateway.handle(route, request)
+
+    return endpoint

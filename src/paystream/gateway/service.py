@@ -1,0 +1,106 @@
+"""Composition root of the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from fastapi import FastAPI
+
+from paystream.gateway.api import Gateway, install_routes
+from paystream.gateway.openapi import build_openapi
+from paystream.gateway.store import IdempotencyStore, KeyStore
+from paystream.gateway.tokens import ALGORITHM, TokenService, load_key, new_signing_key
+from paystream.platform.internal import InternalClient
+from paystream.platform.observability import get_logger
+from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
+
+log = get_logger(__name__)
+
+NAME = "gateway"
+NEEDS = Needs(postgres=True)
+ROUTED_SERVICES = ("ledger", "payments", "fraud", "notifications")
+_KEYS_LOCK = 0x6B657973  # "keys"
+
+
+async def load_signing_keys(pool: asyncpg.Pool, tokens: TokenService, *, create: bool) -> None:
+    """Load the active signing keys; make the first one if there is none and ``create``."""
+    store = KeyStore()
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await store.active_keys(conn)
+        if not rows and create:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEYS_LOCK)
+            rows = await store.active_keys(conn)
+            if not rows:
+                kid, pem, jwk = new_signing_key()
+                await store.add_key(conn, kid=kid, algorithm=ALGORITHM, private_pem=pem, public_jwk=jwk)
+                log.info("signing_key_created", kid=kid)
+                rows = await store.active_keys(conn)
+    tokens.set_keys([load_key(r["kid"], r["private_pem"], r["created_at"].timestamp()) for r in rows])
+
+
+async def build(ctx: ServiceContext) -> ServiceParts:
+    settings = ctx.settings
+    tokens = TokenService(
+        issuer=settings.token_issuer, audience=settings.token_audience,
+        ttl_seconds=settings.token_ttl_seconds,
+    )
+    await load_signing_keys(ctx.db, tokens, create=True)
+    internal_token = settings.internal_token.get_secret_value()
+    services = {
+        name: InternalClient(
+            settings.service_urls[name], token=internal_token, timeout=settings.http_timeout,
+            max_connections=128,
+        )
+        for name in ROUTED_SERVICES
+    }
+    gateway = Gateway(pool=ctx.db, tokens=tokens, services=services, internal_token=internal_token)
+    spec = build_openapi()
+
+    def install(app: FastAPI) -> None:
+        install_routes(app, gateway)
+        app.openapi = lambda: spec  # type: ignore[method-assign]
+
+    async def refresh_keys(stopping: asyncio.Event) -> None:
+        """Pick up keys added by `paystream keys rotate` (or retired) while running."""
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=15.0)
+            except TimeoutError:
+                pass
+            try:
+                await load_signing_keys(ctx.db, tokens, create=False)
+            except Exception as exc:
+                log.warning("signing_keys_refresh_failed", error=repr(exc))
+
+    async def purge_idempotency_keys(stopping: asyncio.Event) -> None:
+        store = IdempotencyStore()
+        while not stopping.is_set():
+            try:
+                cutoff = datetime.now(UTC) - timedelta(hours=settings.idempotency_ttl_hours)
+                async with ctx.db.acquire() as conn:
+                    purged = await store.purge(conn, cutoff)
+                if purged:
+                    log.info("idempotency_keys_purged", count=purged)
+            except Exception as exc:
+                log.warning("idempotency_purge_failed", error=repr(exc))
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=600.0)
+            except TimeoutError:
+                pass
+
+    async def keys_loaded() -> str | None:
+        return None if tokens.has_keys else "no signing keys"
+
+    async def close_clients() -> None:
+        for client in services.values():
+            await client.close()
+
+    return ServiceParts(
+        install=install,
+        public=True,
+        workers=[refresh_keys, purge_idempotency_keys],
+        readiness=[keys_loaded],
+        closers=[close_clients],
+    )

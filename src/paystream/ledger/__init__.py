@@ -1,0 +1,1 @@
+"""The ledger service: accounts, double-entry transfers, balances."""

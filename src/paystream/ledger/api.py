@@ -1,0 +1,85 @@
+"""Internal HTTP routes of the ledger (the gateway forwards ``/v1/accounts`` here)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, Query
+
+from paystream.contracts.api import AccountCreate
+from paystream.ledger.store import LedgerStore, account_view
+from paystream.platform.errors import Invalid, NotFound
+from paystream.platform.http import Caller, InternalAuth, JSONResponse
+
+
+def entry_view(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": f"ent_{row['id']}",
+        "account_id": row["account_id"],
+        "transfer_id": row["transfer_id"],
+        "payment_id": row["external_ref"],
+        "direction": row["direction"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "created_at": row["created_at"],
+    }
+
+
+def _entry_seq(value: str | None) -> int | None:
+    if value is None:
+        return None
+    digits = value.removeprefix("ent_")
+    if not value.startswith("ent_") or not digits.isdigit() or len(digits) > 18:
+        raise Invalid("starting_after must be an entry id such as ent_123", code="invalid_cursor")
+    return int(digits)
+
+
+def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: InternalAuth) -> None:
+    router = APIRouter(prefix="/internal")
+
+    async def visible_account(conn: asyncpg.Connection, caller: Caller, account_id: str) -> asyncpg.Record:
+        row = await store.get_account(conn, caller.tenant_id, account_id)
+        if row is None or (caller.user_id and row["owner_user_id"] != caller.user_id):
+            raise NotFound(f"no account {account_id}", code="account_not_found")
+        return row
+
+    @router.post("/accounts", status_code=201)
+    async def create_account(body: AccountCreate, caller: Caller = Depends(auth)) -> JSONResponse:
+        owner = body.owner_user_id
+        if caller.user_id:
+            owner = caller.user_id
+        async with pool.acquire() as conn, conn.transaction():
+            row = await store.create_account(
+                conn,
+                tenant_id=caller.tenant_id,
+                currency=body.currency,
+                allow_overdraft=body.allow_overdraft,
+                owner_user_id=owner,
+                metadata=body.metadata,
+                create_key=caller.idempotency_key,
+            )
+        return JSONResponse(account_view(row), status_code=201)
+
+    @router.get("/accounts/{account_id}")
+    async def get_account(account_id: str, caller: Caller = Depends(auth)) -> JSONResponse:
+        async with pool.acquire() as conn:
+            row = await visible_account(conn, caller, account_id)
+        return JSONResponse(account_view(row))
+
+    @router.get("/accounts/{account_id}/entries")
+    async def list_entries(
+        account_id: str,
+        caller: Caller = Depends(auth),
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        starting_after: Annotated[str | None, Query(max_length=40)] = None,
+    ) -> JSONResponse:
+        before = _entry_seq(starting_after)
+        async with pool.acquire() as conn:
+            await visible_account(conn, caller, account_id)
+            rows = await store.list_entries(conn, account_id, limit=limit, before_seq=before)
+        return JSONResponse(
+            {"data": [entry_view(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+        )
+
+    app.include_router(router)

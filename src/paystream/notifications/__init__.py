@@ -1,0 +1,1 @@
+"""The notifications service: webhook endpoints and signed, retried deliveries."""

@@ -1,0 +1,72 @@
+"""Internal HTTP routes of notifications (the gateway forwards ``/v1/webhook_endpoints``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Depends, FastAPI, Query, Response
+
+from paystream.contracts.api import WebhookEndpointCreate
+from paystream.notifications.domain import new_secret
+from paystream.notifications.store import NotificationsStore, endpoint_view
+from paystream.platform.errors import Invalid, NotFound
+from paystream.platform.http import Caller, InternalAuth, JSONResponse
+from paystream.platform.ids import has_prefix, new_id
+
+
+def install_routes(app: FastAPI, *, pool: asyncpg.Pool, store: NotificationsStore, auth: InternalAuth) -> None:
+    router = APIRouter(prefix="/internal")
+
+    @router.post("/webhook_endpoints", status_code=201)
+    async def create_endpoint(body: WebhookEndpointCreate, caller: Caller = Depends(auth)) -> JSONResponse:
+        secret = new_secret()
+        async with pool.acquire() as conn:
+            row, created = await store.create_endpoint(
+                conn,
+                {
+                    "id": new_id("whe"),
+                    "tenant_id": caller.tenant_id,
+                    "url": body.url,
+                    "events": sorted(set(body.events)),
+                    "secret": secret,
+                    "description": body.description,
+                    "create_key": caller.idempotency_key,
+                },
+            )
+        # The secret is shown once: a retried creation does not show it again.
+        return JSONResponse(endpoint_view(row, secret=secret if created else None), status_code=201)
+
+    @router.get("/webhook_endpoints")
+    async def list_endpoints(
+        caller: Caller = Depends(auth),
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        starting_after: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> JSONResponse:
+        if starting_after is not None and not has_prefix(starting_after, "whe"):
+            raise Invalid("starting_after must be a webhook endpoint id", code="invalid_cursor")
+        async with pool.acquire() as conn:
+            rows = await store.list_endpoints(
+                conn, caller.tenant_id, before_id=starting_after, limit=limit
+            )
+        return JSONResponse(
+            {"data": [endpoint_view(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+        )
+
+    @router.get("/webhook_endpoints/{endpoint_id}")
+    async def get_endpoint(endpoint_id: str, caller: Caller = Depends(auth)) -> JSONResponse:
+        async with pool.acquire() as conn:
+            row = await store.get_endpoint(conn, caller.tenant_id, endpoint_id)
+        if row is None:
+            raise NotFound(f"no webhook endpoint {endpoint_id}", code="webhook_endpoint_not_found")
+        return JSONResponse(endpoint_view(row))
+
+    @router.delete("/webhook_endpoints/{endpoint_id}", status_code=204)
+    async def delete_endpoint(endpoint_id: str, caller: Caller = Depends(auth)) -> Response:
+        async with pool.acquire() as conn:
+            removed = await store.disable_endpoint(conn, caller.tenant_id, endpoint_id)
+        if not removed:
+            raise NotFound(f"no webhook endpoint {endpoint_id}", code="webhook_endpoint_not_found")
+        return Response(status_code=204)
+
+    app.include_router(router)

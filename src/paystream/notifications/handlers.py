@@ -1,0 +1,182 @@
+"""Public payment events into signed webhook deliveries; the worker that sends them.
+
+Enqueueing happens in the consumer's transaction (with the inbox), so an event is
+queued once per endpoint however often it is delivered. The worker leases due
+deliveries, POSTs them concurrently with a timeout, and schedules retries with
+exponential backoff and jitter; after the last attempt a delivery is ``dead`` (the
+dead-letter state, kept for inspection and manual replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+from prometheus_client import Counter
+
+from paystream.contracts.envelope import Envelope
+from paystream.contracts.events import WEBHOOK_EVENT_TYPES
+from paystream.notifications.domain import SIGNATURE_HEADER, delivered, retry_delay, sign, wants
+from paystream.notifications.store import NotificationsStore
+from paystream.platform.config import Settings
+from paystream.platform.observability import Metrics, get_logger
+
+log = get_logger(__name__)
+
+LEASE_SECONDS = 60.0
+
+
+def webhook_body(envelope: Envelope) -> bytes:
+    """The JSON a receiver gets: ``{"id", "type", "created_at", "data"}``."""
+    return orjson.dumps(
+        {
+            "id": envelope.id,
+            "type": envelope.type,
+            "created_at": envelope.occurred_at,
+            "data": envelope.payload["data"],
+        }
+    )
+
+
+class NotificationHandlers:
+    def __init__(self, store: NotificationsStore) -> None:
+        self._store = store
+
+    async def on_payment_events(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
+        public = [e for e in envelopes if e.type in WEBHOOK_EVENT_TYPES]
+        if not public:
+            return
+        endpoints = await self._store.subscribers(conn, [e.payload["tenant_id"] for e in public])
+        rows = []
+        for envelope in public:
+            tenant = envelope.payload["tenant_id"]
+            body = None
+            for endpoint in endpoints:
+                if endpoint["tenant_id"] == tenant and wants(endpoint["events"], envelope.type):
+                    body = body or webhook_body(envelope)
+                    rows.append((envelope.id, endpoint["id"], tenant, envelope.type, body))
+        await self._store.enqueue(conn, rows)
+
+
+class DeliveryWorker:
+    """Sends due webhook deliveries until told to stop."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: NotificationsStore,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        channel: str = "notifications_deliveries",
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._settings = settings
+        self._channel = channel
+        self._wakeup = asyncio.Event()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.webhook_timeout_seconds),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=settings.webhook_concurrency * 2),
+            headers={"user-agent": "paystream-webhooks/0.1"},
+        )
+        self._slots = asyncio.Semaphore(settings.webhook_concurrency)
+        self.sent = Counter(
+            "paystream_webhook_attempts_total", "Webhook delivery attempts by result", ["result"],
+            registry=metrics.registry,
+        )
+
+    async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
+        attempts = row["attempts"] + 1
+        status_code: int | None = None
+        error: str | None = None
+        if not row["enabled"]:
+            error = "endpoint disabled"
+        else:
+            body = bytes(row["body"])
+            headers = {
+                "content-type": "application/json",
+                SIGNATURE_HEADER: sign(row["secret"], int(time.time()), body),
+                "paystream-event-id": row["event_id"],
+            }
+            async with self._slots:
+                try:
+                    response = await self._client.post(row["url"], content=body, headers=headers)
+                    status_code = response.status_code
+                except httpx.HTTPError as exc:
+                    error = repr(exc)[:500]
+        now = datetime.now(UTC)
+        if status_code is not None and delivered(status_code):
+            self.sent.labels("delivered").inc()
+            return {"id": row["id"], "status": "delivered", "attempts": attempts, "next_at": now,
+                    "last_status": status_code, "last_error": None}
+        if attempts >= self._settings.webhook_max_attempts or not row["enabled"]:
+            log.warning("webhook_dead", event_id=row["event_id"], status=status_code, error=error)
+            self.sent.labels("dead").inc()
+            return {"id": row["id"], "status": "dead", "attempts": attempts, "next_at": now,
+                    "last_status": status_code, "last_error": error}
+        delay = retry_delay(
+            attempts,
+            base=self._settings.webhook_backoff_base_seconds,
+            cap=self._settings.webhook_backoff_cap_seconds,
+        )
+        self.sent.labels("retry").inc()
+        return {"id": row["id"], "status": "pending", "attempts": attempts,
+                "next_at": now + timedelta(seconds=delay), "last_status": status_code,
+                "last_error": error}
+
+    async def deliver_once(self, limit: int = 200) -> int:
+        """Lease and attempt one batch of due deliveries; returns how many were attempted."""
+        async with self._pool.acquire() as conn:
+            rows = await self._store.claim_due(conn, limit=limit, lease_seconds=LEASE_SECONDS)
+        if not rows:
+            return 0
+        results = await asyncio.gather(*(self._attempt(row) for row in rows))
+        async with self._pool.acquire() as conn:
+            await self._store.record_results(conn, results, datetime.now(UTC))
+        return len(rows)
+
+    def _notified(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        listener: asyncpg.Connection | None = None
+        try:
+            while not stopping.is_set():
+                if listener is None or listener.is_closed():
+                    try:
+                        listener = await self._pool.acquire()
+                        await listener.add_listener(self._channel, self._notified)
+                    except Exception as exc:
+                        log.warning("deliveries_listen_failed", error=repr(exc))
+                        listener = None
+                self._wakeup.clear()
+                try:
+                    attempted = await self.deliver_once()
+                except Exception as exc:
+                    log.warning("delivery_round_failed", error=repr(exc))
+                    attempted = 0
+                    await asyncio.sleep(1.0)
+                if attempted:
+                    continue
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+        finally:
+            if listener is not None:
+                try:
+                    await listener.remove_listener(self._channel, self._notified)
+                except Exception:  # noqa: S110 - the pool discards a broken connection
+                    pass
+                await self._pool.release(listener)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+

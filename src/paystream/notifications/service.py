@@ -1,0 +1,30 @@
+"""Composition root of the notifications service."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from paystream.notifications.api import install_routes
+from paystream.notifications.handlers import DeliveryWorker, NotificationHandlers
+from paystream.notifications.store import NotificationsStore
+from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
+
+NAME = "notifications"
+NEEDS = Needs(postgres=True, bus=True)
+
+
+async def build(ctx: ServiceContext) -> ServiceParts:
+    store = NotificationsStore()
+    handlers = NotificationHandlers(store)
+    worker = DeliveryWorker(ctx.db, store, ctx.settings, ctx.metrics)
+    auth = ctx.internal_auth()
+
+    def install(app: FastAPI) -> None:
+        install_routes(app, pool=ctx.db, store=store, auth=auth)
+
+    return ServiceParts(
+        install=install,
+        handlers={"notifications": handlers.on_payment_events},
+        workers=[worker.run],
+        closers=[worker.close],
+    )

@@ -1,0 +1,1 @@
+"""The payments service: the lifecycle of every payment, from request to terminal status."""

@@ -1,0 +1,122 @@
+"""Payments commands and events: create a payment; move it along on fraud and ledger outcomes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from paystream.contracts.envelope import Envelope, make_envelope
+from paystream.contracts.events import (
+    EVENT_TYPES,
+    LedgerRejected,
+    PaymentInitiated,
+    PaymentOrder,
+    payload_of,
+)
+from paystream.payments.domain import SIGNALS, next_state
+from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow, payment_view
+from paystream.platform.errors import PoisonMessage
+from paystream.platform.ids import new_id
+from paystream.platform.observability import bound, get_logger
+from paystream.platform.outbox import Outbox
+
+log = get_logger(__name__)
+
+
+class PaymentHandlers:
+    def __init__(self, store: PaymentsStore, outbox: Outbox) -> None:
+        self._store = store
+        self._outbox = outbox
+
+    async def create(
+        self, conn: asyncpg.Connection, values: dict[str, Any], correlation_id: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a new payment and its ``payments.initiated`` event in one transaction.
+
+        Returns (payment, created); ``created`` is False when the idempotency key
+        already named a payment, which is returned unchanged.
+        """
+        async with conn.transaction():
+            row, created = await self._store.insert_payment(conn, values)
+            payment = payment_view(row)
+            if not created:
+                return payment, False
+            order = PaymentOrder(
+                payment_id=row["id"],
+                tenant_id=row["tenant_id"],
+                kind=row["kind"],
+                source_account_id=row["source_account_id"],
+                destination_account_id=row["destination_account_id"],
+                amount=row["amount"],
+                currency=row["currency"],
+            )
+            envelope = make_envelope(
+                PaymentInitiated(order=order),
+                partition_key=order.account_key,
+                correlation_id=correlation_id or row["id"],
+                occurred_at=row["created_at"],
+            )
+            await self._store.add_timeline(
+                conn,
+                [TimelineRow(envelope.id, row["id"], "payment.created", "processing", None)],
+                row["created_at"],
+            )
+            await self._outbox.add(conn, [envelope])
+        return payment, True
+
+    async def on_outcomes(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
+        """Fraud and ledger outcomes for a batch of payments, applied in delivery order."""
+        signals = [e for e in envelopes if e.type in SIGNALS]
+        if not signals:
+            return
+        payments = await self._store.lock(conn, {_payment_id(e) for e in signals})
+        now = datetime.now(UTC)
+        changed: dict[str, StatusUpdate] = {}
+        timeline: list[TimelineRow] = []
+        public: list[Envelope] = []
+        for envelope in signals:
+            payment_id = _payment_id(envelope)
+            payment = payments.get(payment_id)
+            with bound(payment_id=payment_id, correlation_id=envelope.correlation_id):
+                if payment is None:
+                    raise PoisonMessage(f"{envelope.type} for unknown payment {payment_id}")
+                failure_code = None
+                if envelope.type == "ledger.rejected":
+                    failure_code = payload_of(envelope, LedgerRejected).failure_code
+                transition = next_state(payment["status"], envelope.type, failure_code)  # type: ignore[arg-type]
+                if transition is None:
+                    log.debug("payment_signal_ignored", signal=envelope.type, status=payment["status"])
+                    continue
+                log.info("payment_status", status=transition.status, signal=envelope.type)
+                payment["status"] = transition.status
+                payment["failure_code"] = transition.failure_code
+                payment["updated_at"] = now
+                changed[payment_id] = StatusUpdate(payment_id, transition.status, transition.failure_code)
+                event_id = new_id("evt")
+                if transition.public_event:
+                    event_cls = EVENT_TYPES[transition.public_event]
+                    out = make_envelope(
+                        event_cls(tenant_id=payment["tenant_id"], data=payment_view(payment)),  # type: ignore[call-arg]
+                        partition_key=payment["source_account_id"] or payment["destination_account_id"],
+                        correlation_id=envelope.correlation_id,
+                        causation_id=envelope.id,
+                        occurred_at=now,
+                    )
+                    public.append(out)
+                    event_id = out.id
+                timeline.append(
+                    TimelineRow(event_id, payment_id, transition.timeline_type, transition.status,
+                                transition.failure_code)
+                )
+        await self._store.apply_updates(conn, list(changed.values()), now)
+        await self._store.add_timeline(conn, timeline, now)
+        await self._outbox.add(conn, public)
+
+
+def _payment_id(envelope: Envelope) -> str:
+    payload = envelope.payload
+    if "payment_id" in payload:
+        return str(payload["payment_id"])
+    return str(payload["order"]["payment_id"])

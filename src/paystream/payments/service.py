@@ -1,0 +1,45 @@
+"""Composition root of the payments service."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from paystream.payments.api import install_routes
+from paystream.payments.directory import AccountDirectory
+from paystream.payments.handlers import PaymentHandlers
+from paystream.payments.store import PaymentsStore
+from paystream.platform.internal import InternalClient
+from paystream.platform.resilience import Guard, GuardPolicy
+from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
+
+NAME = "payments"
+NEEDS = Needs(postgres=True, bus=True, outbox=True)
+
+
+async def build(ctx: ServiceContext) -> ServiceParts:
+    settings = ctx.settings
+    store = PaymentsStore()
+    handlers = PaymentHandlers(store, ctx.outbox)
+    ledger = InternalClient(
+        settings.service_urls["ledger"],
+        token=settings.internal_token.get_secret_value(),
+        timeout=settings.http_timeout,
+    )
+    guard = Guard("ledger", GuardPolicy(timeout=2.0, max_concurrent=32, max_wait=1.0),
+                  metrics=ctx.metrics)
+    directory = AccountDirectory(ctx.db, store, ledger, guard)
+    auth = ctx.internal_auth()
+
+    def install(app: FastAPI) -> None:
+        install_routes(
+            app, pool=ctx.db, store=store, handlers=handlers, directory=directory, auth=auth
+        )
+
+    return ServiceParts(
+        install=install,
+        handlers={
+            "payments-fraud": handlers.on_outcomes,
+            "payments-ledger": handlers.on_outcomes,
+        },
+        closers=[ledger.close],
+    )

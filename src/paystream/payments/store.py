@@ -1,0 +1,199 @@
+"""The payments schema's SQL: payments, their timeline, and the account directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+_COLUMNS = (
+    "id, tenant_id, kind, status, amount, currency, source_account_id, destination_account_id, "
+    "failure_code, description, metadata, created_at, updated_at"
+)
+
+
+def payment_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    """The public payment object."""
+    return {
+        "id": row["id"],
+        "type": row["kind"],
+        "status": row["status"],
+        "amount": row["amount"],
+        "currency": row["currency"],
+        "source_account_id": row["source_account_id"],
+        "destination_account_id": row["destination_account_id"],
+        "failure_code": row["failure_code"],
+        "description": row["description"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "metadata": row["metadata"],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    account_id: str
+    tenant_id: str
+    currency: str
+    owner_user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    payment_id: str
+    status: str
+    failure_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineRow:
+    id: str
+    payment_id: str
+    type: str
+    status: str
+    failure_code: str | None
+
+
+class PaymentsStore:
+    """SQL for the payments schema; every method runs on the connection it is given."""
+
+    async def insert_payment(
+        self, conn: asyncpg.Connection, values: dict[str, Any]
+    ) -> tuple[asyncpg.Record, bool]:
+        """Insert a payment; returns (row, created). An existing idempotency key wins."""
+        row = await conn.fetchrow(
+            f"INSERT INTO payments (id, tenant_id, client_id, kind, status, amount, currency, "
+            f"source_account_id, destination_account_id, description, metadata, idempotency_key, "
+            f"created_at, updated_at) VALUES ($1, $2, $3, $4, 'processing', $5, $6, $7, $8, $9, "
+            f"$10, $11, $12, $12) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING "
+            f"RETURNING {_COLUMNS}",
+            values["id"], values["tenant_id"], values["client_id"], values["kind"],
+            values["amount"], values["currency"], values["source_account_id"],
+            values["destination_account_id"], values["description"], values["metadata"],
+            values["idempotency_key"], values["created_at"],
+        )
+        if row is not None:
+            return row, True
+        existing = await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM payments WHERE tenant_id = $1 AND idempotency_key = $2",
+            values["tenant_id"], values["idempotency_key"],
+        )
+        assert existing is not None
+        return existing, False
+
+    async def get(
+        self, conn: asyncpg.Connection, tenant_id: str, payment_id: str
+    ) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM payments WHERE id = $1 AND tenant_id = $2",
+            payment_id, tenant_id,
+        )
+
+    async def lock(
+        self, conn: asyncpg.Connection, payment_ids: Iterable[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Lock payments in id order (the two consumers never deadlock) and load them."""
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM payments WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+            sorted(set(payment_ids)),
+        )
+        return {row["id"]: dict(row) for row in rows}
+
+    async def apply_updates(
+        self, conn: asyncpg.Connection, updates: Sequence[StatusUpdate], now: datetime
+    ) -> None:
+        if not updates:
+            return
+        await conn.execute(
+            "UPDATE payments p SET status = u.status, failure_code = u.failure_code, "
+            "updated_at = $4 FROM unnest($1::text[], $2::text[], $3::text[]) "
+            "AS u(id, status, failure_code) WHERE p.id = u.id",
+            [u.payment_id for u in updates],
+            [u.status for u in updates],
+            [u.failure_code for u in updates],
+            now,
+        )
+
+    async def add_timeline(
+        self, conn: asyncpg.Connection, rows: Sequence[TimelineRow], now: datetime
+    ) -> None:
+        if not rows:
+            return
+        await conn.execute(
+            "INSERT INTO payment_events (id, payment_id, type, status, failure_code, created_at) "
+            "SELECT *, $6::timestamptz FROM unnest($1::text[], $2::text[], $3::text[], "
+            "$4::text[], $5::text[]) ON CONFLICT DO NOTHING",
+            [r.id for r in rows],
+            [r.payment_id for r in rows],
+            [r.type for r in rows],
+            [r.status for r in rows],
+            [r.failure_code for r in rows],
+            now,
+        )
+
+    async def timeline(self, conn: asyncpg.Connection, payment_id: str) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            "SELECT id, type, status, failure_code, created_at FROM payment_events "
+            "WHERE payment_id = $1 ORDER BY created_at, id",
+            payment_id,
+        )
+
+    async def list(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        tenant_id: str,
+        user_id: str | None,
+        account_id: str | None,
+        status: str | None,
+        before_id: str | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        """Newest first; ``limit + 1`` rows so the caller can tell whether more exist."""
+        clauses = ["tenant_id = $1"]
+        args: list[Any] = [tenant_id]
+        if account_id:
+            args.append(account_id)
+            clauses.append(
+                f"(source_account_id = ${len(args)} OR destination_account_id = ${len(args)})"
+            )
+        if status:
+            args.append(status)
+            clauses.append(f"status = ${len(args)}")
+        if before_id:
+            args.append(before_id)
+            clauses.append(f"id < ${len(args)}")
+        if user_id:
+            args.append(user_id)
+            clauses.append(
+                f"(source_account_id IN (SELECT account_id FROM account_directory "
+                f"WHERE tenant_id = $1 AND owner_user_id = ${len(args)}) "
+                f"OR destination_account_id IN (SELECT account_id FROM account_directory "
+                f"WHERE tenant_id = $1 AND owner_user_id = ${len(args)}))"
+            )
+        args.append(limit + 1)
+        return await conn.fetch(
+            f"SELECT {_COLUMNS} FROM payments WHERE {' AND '.join(clauses)} "
+            f"ORDER BY id DESC LIMIT ${len(args)}",
+            *args,
+        )
+
+    async def directory_get(
+        self, conn: asyncpg.Connection, account_ids: Sequence[str]
+    ) -> dict[str, DirectoryEntry]:
+        rows = await conn.fetch(
+            "SELECT account_id, tenant_id, currency, owner_user_id FROM account_directory "
+            "WHERE account_id = ANY($1::text[])",
+            list(account_ids),
+        )
+        return {r["account_id"]: DirectoryEntry(*r.values()) for r in rows}
+
+    async def directory_put(self, conn: asyncpg.Connection, entry: DirectoryEntry) -> None:
+        await conn.execute(
+            "INSERT INTO account_directory (account_id, tenant_id, currency, owner_user_id) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            entry.account_id, entry.tenant_id, entry.currency, entry.owner_user_id,
+        )

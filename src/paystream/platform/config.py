@@ -1,0 +1,79 @@
+"""Every setting paystream reads, in one place. Environment variables are ``PAYSTREAM_<NAME>``.
+
+`paystream up` sets them for each service process it starts; a production deployment
+sets them however it likes. Nothing is read at import time: call `load_settings()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one paystream process. Defaults suit the embedded stack."""
+
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", frozen=True, extra="ignore")
+
+    # Where `paystream up` keeps its state (data dirs, logs, stack.json).
+    home: Path = Path(".paystream")
+
+    # Connections. `database_url` is the service's own role, reaching only its schema.
+    database_url: str = "postgresql://localhost:5432/paystream"
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # This process's HTTP listener (public API for the gateway, internal + operations otherwise).
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # Shared secret the gateway presents to internal service routes.
+    internal_token: SecretStr = SecretStr("")
+    # Base URLs of the other services, by name, e.g. {"payments": "http://127.0.0.1:8402"}.
+    service_urls: dict[str, str] = Field(default_factory=dict)
+
+    # Bus topology.
+    partitions: int = 8
+    consumer_batch: int = 256
+    stream_replicas: int = 1
+
+    # Timeouts (seconds) for every call that leaves the process.
+    db_timeout: float = 10.0
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    nats_timeout: float = 5.0
+    redis_timeout: float = 0.5
+    http_timeout: float = 10.0
+
+    # Gateway: access tokens.
+    token_issuer: str = "paystream"
+    token_audience: str = "paystream-api"
+    token_ttl_seconds: int = 900
+    idempotency_ttl_hours: int = 48
+
+    # Fraud rules (amounts in minor units, whatever the currency).
+    fraud_amount_limit: int = 500_000
+    fraud_review_threshold: int = 100_000
+    fraud_velocity_limit: int = 30
+    fraud_velocity_window_seconds: int = 60
+    fraud_check_budget_seconds: float = 0.5
+
+    # Notifications: webhook deliveries.
+    webhook_timeout_seconds: float = 5.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_base_seconds: float = 1.0
+    webhook_backoff_cap_seconds: float = 300.0
+    webhook_concurrency: int = 32
+
+    # Logging.
+    log_level: str = "info"
+
+    # Fault injection for tests: publish every outbox event twice under distinct
+    # broker de-duplication ids, so every consumer sees every event twice.
+    chaos_duplicate_delivery: bool = False
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]

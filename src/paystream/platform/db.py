@@ -1,0 +1,92 @@
+"""PostgreSQL access: pools with timeouts, JSON codecs, and driver-error translation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import orjson
+
+from paystream.platform.errors import TransientError
+
+# Errors after which the same work may succeed if tried again later.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.QueryCanceledError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when a database error may go away by itself (lost connection, deadlock, timeout)."""
+    return isinstance(exc, (*_TRANSIENT, TransientError))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name,
+            encoder=lambda value: orjson.dumps(value).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    timeout: float = 10.0,
+    application_name: str = "paystream",
+    search_path: str | None = None,
+) -> asyncpg.Pool:
+    """A connection pool whose every query has ``timeout`` seconds to finish."""
+    server_settings = {"application_name": application_name}
+    if search_path:
+        server_settings["search_path"] = search_path
+    try:
+        pool: asyncpg.Pool = await asyncio.wait_for(
+            asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=timeout,
+                timeout=timeout,
+                init=_init_connection,
+                server_settings=server_settings,
+                max_inactive_connection_lifetime=120,
+            ),
+            timeout=timeout * 2,
+        )
+    except _TRANSIENT as exc:
+        raise TransientError(f"cannot reach PostgreSQL: {exc}") from exc
+    return pool
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 1.0) -> bool:
+    """True when a connection can be had and answers within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        return True
+    except Exception:
+        return False
+
+
+def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
+    """A row as a plain dict (``None`` stays ``None``)."""
+    return dict(record) if record is not None else None

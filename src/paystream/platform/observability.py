@@ -1,0 +1,134 @@
+"""JSON logs with context (payment id, correlation id) and Prometheus metrics.
+
+Call `configure_logging` once per process; bind context with `bind_context` (it lives
+in contextvars, so it follows the asyncio task). Metrics live in a `Metrics` object
+built per process, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import orjson
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger; cheap and lazy, safe to create at module level."""
+    return structlog.get_logger(name)
+
+
+def _orjson_dumps(value: Any, **_: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def configure_logging(service: str, level: str = "info", stream: IO[str] | None = None) -> None:
+    """JSON lines on ``stream`` (stdout), for structlog and the standard library's loggers alike."""
+    stream = stream or sys.stdout
+    numeric = _LEVELS.get(level.lower(), 20)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        structlog.processors.format_exc_info,
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.EventRenamer("msg"),
+            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service)
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.EventRenamer("msg"),
+                structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.INFO))
+    for noisy in ("uvicorn.access",):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextmanager
+def bound(**context: Any) -> Iterator[None]:
+    """Bind log context (``payment_id=..., correlation_id=...``) for the enclosed block."""
+    tokens = structlog.contextvars.bind_contextvars(**context)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+class Metrics:
+    """The Prometheus metrics one process exports; services add their own to ``registry``."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "paystream_http_requests_total", "HTTP requests served",
+            ["method", "route", "status"], registry=r,
+        )
+        self.http_seconds = Histogram(
+            "paystream_http_request_seconds", "HTTP request latency", ["route"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.http_in_flight = Gauge(
+            "paystream_http_in_flight", "HTTP requests being served", registry=r
+        )
+        self.events_consumed = Counter(
+            "paystream_events_consumed_total", "Events settled by consumers",
+            ["consumer", "outcome"], registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "paystream_consumer_batch_seconds", "Time to apply one batch of events",
+            ["consumer"], registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.consumer_lag = Gauge(
+            "paystream_consumer_lag", "Events waiting for a consumer (pending + unacked)",
+            ["consumer"], registry=r,
+        )
+        self.outbox_published = Counter(
+            "paystream_outbox_published_total", "Outbox events published to the bus", registry=r
+        )
+        self.outbox_backlog = Gauge(
+            "paystream_outbox_backlog", "Outbox events not yet published", registry=r
+        )
+        self.dead_letters = Counter(
+            "paystream_dead_letters_total", "Messages sent to the dead-letter table",
+            ["consumer"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "paystream_circuit_breaker_state", "0 closed, 1 half-open, 2 open", ["name"],
+            registry=r,
+        )
+        self.bulkhead_in_use = Gauge(
+            "paystream_bulkhead_in_use", "Calls holding a bulkhead slot", ["name"], registry=r
+        )
+        self.bulkhead_rejected = Counter(
+            "paystream_bulkhead_rejected_total", "Calls refused by a full bulkhead", ["name"],
+            registry=r,
+        )

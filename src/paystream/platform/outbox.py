@@ -1,0 +1,163 @@
+"""Transactional outbox: events commit with the state change, a relay publishes them.
+
+`Outbox.add` writes envelopes inside the caller's transaction. `OutboxRelay` wakes on
+LISTEN/NOTIFY (with a short poll as a backstop), takes a batch of rows with
+``FOR UPDATE SKIP LOCKED`` (so several copies of a service can relay side by side),
+publishes them with the event id as the broker's de-duplication id, and deletes them
+only once the broker has confirmed every one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg
+
+from paystream.contracts.envelope import Envelope, encode, subject_for
+from paystream.platform.bus import Bus, OutgoingMessage
+from paystream.platform.db import is_transient
+from paystream.platform.errors import TransientError
+from paystream.platform.observability import Metrics, get_logger
+
+log = get_logger(__name__)
+
+
+class Outbox:
+    """Writes events into the service's ``outbox`` table, in the caller's transaction."""
+
+    def __init__(self, partitions: int) -> None:
+        self._partitions = partitions
+
+    def subject(self, envelope: Envelope) -> str:
+        return subject_for(envelope, self._partitions)
+
+    async def add(self, conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        await conn.execute(
+            "INSERT INTO outbox (event_id, subject, body) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+            [e.id for e in envelopes],
+            [self.subject(e) for e in envelopes],
+            [encode(e) for e in envelopes],
+        )
+
+
+class OutboxRelay:
+    """Moves committed outbox rows to the bus, in batches, at least once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        *,
+        channel: str,
+        metrics: Metrics | None = None,
+        batch_size: int = 1000,
+        poll_interval: float = 0.5,
+        duplicate_delivery: bool = False,
+    ) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._channel = channel
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._duplicate = duplicate_delivery
+        self._wakeup = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows it moved (0 when the outbox is empty)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT seq, event_id, subject, body FROM outbox "
+                "ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            messages = []
+            for row in rows:
+                messages.append(OutgoingMessage(row["subject"], bytes(row["body"]), row["event_id"]))
+                if self._duplicate:
+                    messages.append(
+                        OutgoingMessage(row["subject"], bytes(row["body"]), row["event_id"] + "-dup")
+                    )
+            await self._bus.publish(messages)
+            await conn.execute(
+                "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [row["seq"] for row in rows]
+            )
+        if self._metrics:
+            self._metrics.outbox_published.inc(len(rows))
+        return len(rows)
+
+    async def backlog(self) -> int:
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+
+    def _notified(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await self._pool.acquire()
+            await conn.add_listener(self._channel, self._notified)
+        except Exception as exc:
+            log.warning("outbox_listen_failed", error=repr(exc))
+            return
+        self._listener = conn
+
+    async def _release_listener(self) -> None:
+        if self._listener is None:
+            return
+        conn, self._listener = self._listener, None
+        try:
+            await conn.remove_listener(self._channel, self._notified)
+        except Exception:  # noqa: S110 - closing a broken connection; the pool discards it
+            pass
+        await self._pool.release(conn)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Relay until ``stopping`` is set, then flush what is left (drain)."""
+        failures = 0
+        last_backlog = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._ensure_listener()
+                self._wakeup.clear()
+                try:
+                    moved = await self.relay_once()
+                    failures = 0
+                except Exception as exc:
+                    if not is_transient(exc) and not isinstance(exc, TransientError):
+                        log.exception("outbox_relay_error")
+                    else:
+                        log.warning("outbox_relay_retry", error=repr(exc))
+                    failures += 1
+                    moved = 0
+                    if stopping.is_set() and failures > 3:
+                        log.error("outbox_relay_gave_up_on_stop", error=repr(exc))
+                        return
+                    await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                    continue
+                if self._metrics and loop.time() - last_backlog > 5.0:
+                    last_backlog = loop.time()
+                    try:
+                        self._metrics.outbox_backlog.set(await self.backlog())
+                    except Exception as exc:
+                        log.warning("outbox_backlog_failed", error=repr(exc))
+                if moved >= self._batch_size:
+                    continue
+                if stopping.is_set():
+                    return
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            await self._release_listener()

@@ -1,0 +1,246 @@
+"""The service runtime: one OS process per service, built the same way for all of them.
+
+A service package offers a ``service.py`` with ``NAME``, ``NEEDS`` and an async
+``build(ctx) -> ServiceParts``. `run_service` connects what the service needs,
+builds it, serves its HTTP routes (plus ``/healthz``, ``/readyz``, ``/metrics``) and
+runs its consumers, outbox relay and workers. On SIGTERM or Ctrl-C it drains: stop
+taking requests, finish in-flight ones, finish the batch in hand, flush the outbox,
+close connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import asyncpg
+import stamina
+import uvicorn
+from fastapi import FastAPI
+
+from paystream.contracts.topology import consumers_of
+from paystream.platform.config import Settings, load_settings
+from paystream.platform.consumer import EventConsumer, Handler
+from paystream.platform.db import create_pool, ping
+from paystream.platform.errors import TransientError
+from paystream.platform.http import (
+    InternalAuth,
+    MetricsMiddleware,
+    ReadinessCheck,
+    install_error_handlers,
+    install_operations_routes,
+)
+from paystream.platform.nats_bus import NatsBus
+from paystream.platform.observability import Metrics, configure_logging, get_logger
+from paystream.platform.outbox import Outbox, OutboxRelay
+
+log = get_logger(__name__)
+
+Worker = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Needs:
+    """What a service connects to at start."""
+
+    postgres: bool = True
+    bus: bool = False
+    outbox: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class ServiceContext:
+    """Everything a service's ``build`` may use; built once per process."""
+
+    name: str
+    settings: Settings
+    metrics: Metrics
+    needs: Needs
+    pool: asyncpg.Pool | None = None
+    bus: NatsBus | None = None
+    outbox: Outbox
+
+    @property
+    def db(self) -> asyncpg.Pool:
+        assert self.pool is not None, "this service did not ask for PostgreSQL"
+        return self.pool
+
+    def internal_auth(self) -> InternalAuth:
+        return InternalAuth(self.settings.internal_token.get_secret_value())
+
+
+@dataclass(slots=True, kw_only=True)
+class ServiceParts:
+    """What a service contributes to its process."""
+
+    install: Callable[[FastAPI], None] | None = None
+    handlers: dict[str, Handler] = field(default_factory=dict)  # durable name -> handler
+    workers: list[Worker] = field(default_factory=list)
+    readiness: list[ReadinessCheck] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    public: bool = False  # serves the public API (OpenAPI on) rather than internal routes
+
+
+@stamina.retry(on=TransientError, attempts=30, timeout=60.0, wait_initial=0.2, wait_max=2.0)
+async def _connect_pool(settings: Settings, name: str) -> asyncpg.Pool:
+    return await create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout=settings.db_timeout,
+        application_name=f"paystream-{name}",
+    )
+
+
+@stamina.retry(on=TransientError, attempts=30, timeout=60.0, wait_initial=0.2, wait_max=2.0)
+async def _connect_bus(settings: Settings, name: str) -> NatsBus:
+    return await NatsBus.connect(
+        settings.nats_url, name=f"paystream-{name}", timeout=settings.nats_timeout,
+        replicas=settings.stream_replicas,
+    )
+
+
+async def build_context(name: str, settings: Settings, needs: Needs) -> ServiceContext:
+    """Connect what ``needs`` asks for (retrying while the servers come up)."""
+    metrics = Metrics(name)
+    pool = await _connect_pool(settings, name) if needs.postgres else None
+    bus = await _connect_bus(settings, name) if needs.bus else None
+    return ServiceContext(
+        name=name, settings=settings, metrics=metrics, needs=needs, pool=pool, bus=bus,
+        outbox=Outbox(settings.partitions),
+    )
+
+
+def _standard_readiness(ctx: ServiceContext, consumers: list[EventConsumer]) -> list[ReadinessCheck]:
+    checks: list[ReadinessCheck] = []
+    if ctx.pool is not None:
+        pool = ctx.pool
+
+        async def database() -> str | None:
+            return None if await ping(pool) else "database unreachable"
+
+        checks.append(database)
+    if ctx.bus is not None:
+        bus = ctx.bus
+
+        async def broker() -> str | None:
+            return None if bus.connected else "event bus disconnected"
+
+        checks.append(broker)
+    if consumers:
+
+        async def consuming() -> str | None:
+            unbound = [c.name for c in consumers if not c.bound]
+            return f"consumers not bound: {', '.join(unbound)}" if unbound else None
+
+        checks.append(consuming)
+    return checks
+
+
+def create_app(ctx: ServiceContext, parts: ServiceParts) -> FastAPI:
+    """The service's ASGI app, with its lifespan running consumers, relay and workers."""
+    consumers = [
+        EventConsumer(
+            spec=spec, bus=ctx.bus, pool=ctx.db, handler=parts.handlers[spec.durable],  # type: ignore[arg-type]
+            metrics=ctx.metrics, batch=ctx.settings.consumer_batch,
+        )
+        for spec in consumers_of(ctx.name)
+        if spec.durable in parts.handlers
+    ]
+    relay = (
+        OutboxRelay(
+            ctx.db, ctx.bus, channel=f"{ctx.name}_outbox", metrics=ctx.metrics,  # type: ignore[arg-type]
+            duplicate_delivery=ctx.settings.chaos_duplicate_delivery,
+        )
+        if ctx.needs.outbox and ctx.bus is not None and ctx.pool is not None
+        else None
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        consumers_stop, workers_stop, relay_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        consumer_tasks = [asyncio.create_task(c.run(consumers_stop)) for c in consumers]
+        worker_tasks = [asyncio.create_task(w(workers_stop)) for w in parts.workers]
+        relay_task = asyncio.create_task(relay.run(relay_stop)) if relay else None
+        log.info("service_started", consumers=[c.name for c in consumers])
+        try:
+            yield
+        finally:
+            log.info("service_draining")
+            consumers_stop.set()
+            await _finish(consumer_tasks, 40.0)
+            workers_stop.set()
+            await _finish(worker_tasks, 15.0)
+            relay_stop.set()
+            if relay_task:
+                await _finish([relay_task], 15.0)
+            for closer in parts.closers:
+                try:
+                    await closer()
+                except Exception as exc:
+                    log.warning("closer_failed", error=repr(exc))
+            if ctx.bus is not None:
+                await ctx.bus.close()
+            if ctx.pool is not None:
+                await ctx.pool.close()
+            log.info("service_stopped")
+
+    app = FastAPI(
+        title=f"paystream {ctx.name}",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if parts.public else None,
+        docs_url="/docs" if parts.public else None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    install_operations_routes(app, ctx.metrics, _standard_readiness(ctx, consumers) + parts.readiness)
+    if parts.install:
+        parts.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    return app
+
+
+async def _finish(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        if not task.cancelled() and task.exception():
+            log.error("task_failed", error=repr(task.exception()))
+
+
+async def _serve(module: ModuleType, settings: Settings) -> None:
+    name: str = module.NAME
+    ctx = await build_context(name, settings, module.NEEDS)
+    parts: ServiceParts = await module.build(ctx)
+    app = create_app(ctx, parts)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=20,
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+    server = uvicorn.Server(config)
+    await server.serve()
+
+
+def run_service(module: ModuleType) -> None:
+    """Entry point of ``paystream serve <name>``: runs until SIGTERM/SIGINT, then drains."""
+    import uvloop
+
+    settings = load_settings()
+    configure_logging(module.NAME, settings.log_level)
+    uvloop.run(_serve(module, settings))

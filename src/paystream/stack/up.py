@@ -1,0 +1,314 @@
+"""`paystream up`: start the whole stack on this machine and keep it running until told to stop.
+
+Order: PostgreSQL, NATS and Redis (side by side) → migrations, streams and durable
+consumers, the admin client → the five services → ``stack.json``. Stop (Ctrl-C,
+SIGTERM or `paystream down`) goes the other way: the gateway stops taking requests,
+the services drain, then the servers shut down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psutil
+from rich.console import Console
+
+from paystream.contracts.topology import CONSUMERS, STREAMS
+from paystream.gateway.domain import SCOPES
+from paystream.gateway.store import ClientStore
+from paystream.platform.migrations import SERVICES, migrate, role_name
+from paystream.platform.nats_bus import NatsBus
+from paystream.platform.observability import configure_logging
+from paystream.stack.ports import choose_port
+from paystream.stack.process import ProcessSpec, StartFailed, Supervisor
+from paystream.stack.servers import Nats, Postgres, Redis
+
+DEFAULT_PORTS: dict[str, int] = {
+    "gateway": 8700, "ledger": 8701, "payments": 8702, "fraud": 8703, "notifications": 8704,
+    "postgres": 15432, "nats": 14222, "redis": 16379,
+}
+STOP_ORDER = [["gateway"], ["payments", "fraud", "ledger", "notifications"], ["redis", "nats"], ["postgres"]]
+ADMIN_TENANT = "default"
+
+
+class UpError(Exception):
+    """A reason the stack cannot start, worded for the person who ran the command."""
+
+
+@dataclass
+class UpOptions:
+    home: Path
+    auto_ports: bool = False
+    ports: dict[str, int] = field(default_factory=dict)  # explicit ports: busy means an error
+    demo: bool = False
+    demo_args: list[str] = field(default_factory=list)
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def load_secrets(home: Path) -> dict[str, Any]:
+    """Passwords and tokens of this stack, made once and kept in ``secrets.json`` (0600)."""
+    path = home / "secrets.json"
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
+    else:
+        data = {}
+    changed = False
+    if "postgres_password" not in data:
+        data["postgres_password"] = secrets.token_urlsafe(24)
+        changed = True
+    if "internal_token" not in data:
+        data["internal_token"] = secrets.token_urlsafe(32)
+        changed = True
+    roles = data.setdefault("role_passwords", {})
+    for service in SERVICES:
+        if service not in roles:
+            roles[service] = secrets.token_urlsafe(24)
+            changed = True
+    if changed:
+        _write_private(path, data)
+    return data
+
+
+def _check_not_running(home: Path) -> None:
+    pidfile = home / "up.pid"
+    if not pidfile.exists():
+        return
+    try:
+        pid = int(pidfile.read_text().strip())
+    except ValueError:
+        return
+    if pid != os.getpid() and psutil.pid_exists(pid):
+        try:
+            cmdline = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            cmdline = ""
+        if "paystream" in cmdline:
+            raise UpError(
+                f"a paystream stack is already running from {home} (pid {pid}); "
+                "stop it with `paystream down` or use another PAYSTREAM_HOME"
+            )
+
+
+async def ensure_admin_client(conn: asyncpg.Connection, path: Path) -> str:
+    """The admin client of ``admin-client.json``, created if the file or the client is missing."""
+    await conn.execute("SET search_path TO gateway")
+    if path.exists():
+        data = json.loads(path.read_text())
+        if await conn.fetchval("SELECT 1 FROM clients WHERE id = $1", data.get("client_id")):
+            return str(data["client_id"])
+    row, secret = await ClientStore().create_client(conn, tenant_id=ADMIN_TENANT, name="admin", scopes=SCOPES)
+    _write_private(path, {"client_id": row["id"], "client_secret": secret, "tenant": ADMIN_TENANT,
+                          "scopes": list(SCOPES)})
+    return str(row["id"])
+
+
+def _service_spec(
+    name: str, *, home: Path, port: int, database_url: str, nats_url: str, redis_url: str,
+    internal_token: str, service_urls: dict[str, str],
+) -> ProcessSpec:
+    env = os.environ.copy()
+    env.update({
+        "PAYSTREAM_HOME": str(home),
+        "PAYSTREAM_DATABASE_URL": database_url,
+        "PAYSTREAM_NATS_URL": nats_url,
+        "PAYSTREAM_REDIS_URL": redis_url,
+        "PAYSTREAM_HTTP_HOST": "127.0.0.1",
+        "PAYSTREAM_HTTP_PORT": str(port),
+        "PAYSTREAM_INTERNAL_TOKEN": internal_token,
+        "PAYSTREAM_SERVICE_URLS": json.dumps(service_urls),
+        "PYTHONUNBUFFERED": "1",
+    })
+
+    async def ready() -> bool:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                response = await client.get(f"http://127.0.0.1:{port}/readyz")
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return ProcessSpec(
+        name=name, argv=[sys.executable, "-m", "paystream", "serve", name], env=env,
+        ready=ready, stop_timeout=45.0,
+    )
+
+
+class Stack:
+    """One running stack: its supervisor and what `stack.json` says about it."""
+
+    def __init__(self, options: UpOptions, console: Console) -> None:
+        self.options = options
+        self.home = options.home.resolve()
+        self.console = console
+        self.supervisor = Supervisor(self.home / "logs", self.say)
+        self.info: dict[str, Any] = {}
+
+    def say(self, message: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        self.console.print(f"[dim]{stamp}[/dim] {message}")
+
+    def _ports(self) -> dict[str, int]:
+        taken: set[int] = set()
+        ports = {}
+        for name, default in DEFAULT_PORTS.items():
+            explicit = name in self.options.ports
+            preferred = self.options.ports.get(name) or (None if self.options.auto_ports else default)
+            port = choose_port(name, preferred, explicit=explicit, taken=taken)
+            if preferred and port != preferred:
+                self.say(f"port {preferred} for {name} is busy; using {port}")
+            ports[name] = port
+        return ports
+
+    async def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        configure_logging("up", "info", stream=open(self.home / "logs" / "up.log", "a"))  # noqa: SIM115
+        _check_not_running(self.home)
+        (self.home / "up.pid").write_text(str(os.getpid()))
+        secrets_ = load_secrets(self.home)
+        ports = self._ports()
+        pg = Postgres(self.home / "postgres" / "data", ports["postgres"], secrets_["postgres_password"])
+        nats = Nats(self.home / "nats", ports["nats"])
+        redis = Redis(self.home / "redis", ports["redis"])
+        self.say("starting PostgreSQL, NATS JetStream and Redis …")
+        await self.supervisor.start(pg.spec, nats.spec, redis.spec)
+        self.say(f"servers ready: postgres :{ports['postgres']}, nats :{ports['nats']}, redis :{ports['redis']}")
+
+        conn = await asyncpg.connect(pg.admin_url(), timeout=10)
+        try:
+            for service in SERVICES:
+                applied = await migrate(conn, service=service, password=secrets_["role_passwords"][service])
+                if applied:
+                    self.say(f"migrated {service}: {', '.join(applied)}")
+            await ensure_admin_client(conn, self.home / "admin-client.json")
+        finally:
+            await conn.close()
+        bus = await NatsBus.connect(nats.url)
+        try:
+            await bus.ensure_topology(STREAMS, CONSUMERS)
+        finally:
+            await bus.close()
+        self.say(f"streams and durable consumers provisioned ({len(STREAMS)} streams, {len(CONSUMERS)} consumers)")
+
+        urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
+        specs = [
+            _service_spec(
+                name, home=self.home, port=ports[name],
+                database_url=pg.role_url(role_name(name), secrets_["role_passwords"][name]),
+                nats_url=nats.url, redis_url=redis.url,
+                internal_token=secrets_["internal_token"],
+                service_urls={k: v for k, v in urls.items() if k != name},
+            )
+            for name in SERVICES
+        ]
+        self.say("starting services: " + ", ".join(SERVICES))
+        await self.supervisor.start(*specs)
+        self.info = {
+            "gateway_url": urls["gateway"],
+            "postgres_url": pg.admin_url(),
+            "nats_url": nats.url,
+            "redis_url": redis.url,
+            "operations_urls": urls,
+            "pids": {name: p.pid for name, p in self.supervisor.processes.items()},
+            "supervisor_pid": os.getpid(),
+            "home": str(self.home),
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        _write_private(self.home / "stack.json", self.info)
+        self.say(f"[bold green]paystream is up[/bold green]: {urls['gateway']}  "
+                 f"(state in {self.home}, logs in {self.home / 'logs'})")
+
+    async def stop(self) -> None:
+        self.say("stopping: gateway first, then services drain, then servers …")
+        (self.home / "stack.json").unlink(missing_ok=True)
+        await self.supervisor.stop(STOP_ORDER)
+        pidfile = self.home / "up.pid"
+        if pidfile.exists() and pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()
+        self.say("stopped; state kept in " + str(self.home))
+
+
+async def _run_demo(stack: Stack, args: list[str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paystream", "demo", "--home", str(stack.home), *args,
+    )
+    code = await process.wait()
+    if code == 0:
+        stack.say("demo finished; the stack stays up until Ctrl-C")
+    else:
+        stack.say(f"[red]demo exited with code {code}[/red]; the stack stays up until Ctrl-C")
+
+
+async def run_up(options: UpOptions, console: Console) -> int:
+    """Run the stack in the foreground; returns the process exit code."""
+    stack = Stack(options, console)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(stack.start())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    demo: asyncio.Task[None] | None = None
+    if starting.done():
+        error = starting.exception()
+        if error is not None:
+            stack.say(f"[bold red]cannot start:[/bold red] {error}")
+            code = 1
+        else:
+            if options.demo:
+                demo = asyncio.create_task(_run_demo(stack, options.demo_args))
+            await stopper
+    else:
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StartFailed, Exception):
+            await starting
+    if demo is not None and not demo.done():
+        demo.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await demo
+    stopper.cancel()
+    await stack.stop()
+    return code
+
+
+def stop_running(home: Path, timeout: float = 120.0) -> str:
+    """`paystream down`: ask the supervisor of ``home`` to stop, and wait until it has."""
+    pidfile = home.resolve() / "up.pid"
+    if not pidfile.exists():
+        return f"no stack is running from {home}"
+    pid = int(pidfile.read_text().strip())
+    if not psutil.pid_exists(pid):
+        pidfile.unlink(missing_ok=True)
+        return f"no stack is running from {home} (removed a stale pid file)"
+    os.kill(pid, signal.SIGTERM)
+    try:
+        psutil.Process(pid).wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return f"the stack (pid {pid}) is still stopping after {timeout:.0f}s"
+    return f"stopped the stack from {home}"

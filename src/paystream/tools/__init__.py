@@ -1,0 +1,1 @@
+"""Operator tools: API client, demo, benchmark, invariant checks."""

@@ -1,0 +1,175 @@
+"""A small async client of the public API, used by the demo, the benchmark and the tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True, slots=True)
+class StackInfo:
+    """What `paystream up` wrote: where everything is, and the admin client's credentials."""
+
+    home: Path
+    gateway_url: str
+    postgres_url: str
+    nats_url: str
+    redis_url: str
+    operations_urls: dict[str, str]
+    client_id: str
+    client_secret: str
+
+    @classmethod
+    def load(cls, home: Path) -> StackInfo:
+        home = home.resolve()
+        stack_file = home / "stack.json"
+        if not stack_file.exists():
+            raise FileNotFoundError(
+                f"no running stack at {home} (no stack.json); start one with `paystream up`"
+            )
+        stack = json.loads(stack_file.read_text())
+        admin = json.loads((home / "admin-client.json").read_text())
+        return cls(
+            home=home,
+            gateway_url=stack["gateway_url"],
+            postgres_url=stack["postgres_url"],
+            nats_url=stack["nats_url"],
+            redis_url=stack["redis_url"],
+            operations_urls=stack["operations_urls"],
+            client_id=admin["client_id"],
+            client_secret=admin["client_secret"],
+        )
+
+
+class ApiError(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.status = response.status_code
+        try:
+            self.problem = response.json()
+        except ValueError:
+            self.problem = {"detail": response.text}
+        super().__init__(f"{response.request.method} {response.request.url.path}: "
+                         f"{self.status} {self.problem.get('code')} {self.problem.get('detail')}")
+
+
+class PaystreamClient:
+    """Client-credentials auth with automatic token renewal; one keep-alive pool."""
+
+    def __init__(
+        self, base_url: str, client_id: str, client_secret: str, *, max_connections: int = 100,
+        timeout: float = 30.0,
+    ) -> None:
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    @classmethod
+    def for_stack(cls, info: StackInfo, **kwargs: Any) -> PaystreamClient:
+        return cls(info.gateway_url, info.client_id, info.client_secret, **kwargs)
+
+    async def __aenter__(self) -> PaystreamClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def token(self) -> str:
+        if self._token is None or time.monotonic() > self._token_expires:
+            response = await self.http.post(
+                "/oauth/token",
+                data={"grant_type": "client_credentials", "client_id": self._client_id,
+                      "client_secret": self._client_secret},
+            )
+            if response.status_code != 200:
+                raise ApiError(response)
+            body = response.json()
+            self._token = body["access_token"]
+            self._token_expires = time.monotonic() + body["expires_in"] - 60
+        assert self._token is not None
+        return self._token
+
+    async def request(
+        self, method: str, path: str, *, json_body: Any = None, idempotency_key: str | None = None,
+        params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send a request; the response is returned whatever its status."""
+        sent = {"Authorization": f"Bearer {await self.token()}"}
+        if idempotency_key is not None:
+            sent["Idempotency-Key"] = idempotency_key
+        if headers:
+            sent.update(headers)
+        return await self.http.request(method, path, json=json_body, params=params, headers=sent)
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request and return its JSON; a non-2xx answer raises `ApiError`."""
+        response = await self.request(method, path, **kwargs)
+        if response.status_code >= 300:
+            raise ApiError(response)
+        return response.json() if response.content else None
+
+    # -- conveniences --------------------------------------------------------------------
+
+    async def create_account(self, currency: str = "USD", **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", "/v1/accounts", json_body={"currency": currency, **fields}
+        )
+        return result
+
+    async def get_account(self, account_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", f"/v1/accounts/{account_id}")
+        return result
+
+    async def deposit(self, account_id: str, amount: int, currency: str = "USD", *, key: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", "/v1/deposits",
+            json_body={"account_id": account_id, "amount": amount, "currency": currency},
+            idempotency_key=key or uuid.uuid4().hex,
+        )
+        return result
+
+    async def pay(
+        self, source: str, destination: str, amount: int, currency: str = "USD", *, key: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", "/v1/payments",
+            json_body={"source_account_id": source, "destination_account_id": destination,
+                       "amount": amount, "currency": currency, **fields},
+            idempotency_key=key or uuid.uuid4().hex,
+        )
+        return result
+
+    async def get_payment(self, payment_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("GET", f"/v1/payments/{payment_id}")
+        return result
+
+    async def open_reviews(self, limit: int = 100) -> list[dict[str, Any]]:
+        page = await self.call("GET", "/v1/reviews", params={"status": "open", "limit": limit})
+        return list(page["data"])
+
+    async def decide_review(self, review_id: str, approve: bool) -> dict[str, Any]:
+        verb = "approve" if approve else "decline"
+        result: dict[str, Any] = await self.call("POST", f"/v1/reviews/{review_id}/{verb}")
+        return result
+
+    async def create_webhook_endpoint(self, url: str, events: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            "POST", "/v1/webhook_endpoints", json_body={"url": url, "events": events}
+        )
+        return result

@@ -1,0 +1,563 @@
+"""The load engine shared by `paystream demo` and `paystream bench`.
+
+`LoadEngine.run` sends a list of `PaymentSpec` through the public API at a fixed
+concurrency, then waits until every accepted payment is terminal. It learns states
+from the signed webhooks the `WebhookReceiver` gets, polls ``GET /v1/payments/{id}``
+for a payment it has heard nothing about for a while, and gives up when nothing has
+settled for ``stall_timeout`` seconds. Payments held for review are handed to the
+caller's `ReviewDecider` and approved or declined through ``/v1/reviews``.
+
+Times are ``time.perf_counter()`` seconds: API latency is the POST until its answer,
+end-to-end latency the POST being sent until the terminal webhook (or poll) arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from paystream.tools.client import PaystreamClient
+from paystream.tools.receiver import PaymentUpdate, WebhookReceiver
+
+TERMINAL = frozenset({"succeeded", "failed", "declined"})
+RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaymentSpec:
+    """One payment to send: a transfer when it has a source, else a deposit."""
+
+    destination: str
+    amount: int
+    source: str | None = None
+    currency: str = "USD"
+    scenario: str = "ordinary"
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def kind(self) -> str:
+        return "deposit" if self.source is None else "transfer"
+
+    def request(self) -> tuple[str, dict[str, Any]]:
+        """The public API path and JSON body that create this payment."""
+        if self.source is None:
+            return "/v1/deposits", {
+                "account_id": self.destination, "amount": self.amount, "currency": self.currency,
+            }
+        return "/v1/payments", {
+            "source_account_id": self.source,
+            "destination_account_id": self.destination,
+            "amount": self.amount,
+            "currency": self.currency,
+            "metadata": {"scenario": self.scenario},
+        }
+
+
+@dataclass(slots=True)
+class Tracked:
+    """What the engine knows about one payment it sent."""
+
+    spec: PaymentSpec
+    sent_at: float = 0.0
+    payment_id: str | None = None
+    api_latency: float | None = None
+    rejection: str | None = None  # "<status> <code>" when the API did not answer 202
+    status: str | None = None
+    failure_code: str | None = None
+    terminal_at: float | None = None
+    learned_by: str | None = None  # "webhook", "poll" or "api" (the POST's own answer)
+    last_news: float = 0.0
+    review_approved: bool | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.payment_id is not None
+
+    @property
+    def terminal(self) -> bool:
+        return self.terminal_at is not None
+
+    @property
+    def reviewed(self) -> bool:
+        return self.review_approved is not None
+
+    @property
+    def end_to_end(self) -> float | None:
+        if self.terminal_at is None:
+            return None
+        return self.terminal_at - self.sent_at
+
+
+ReviewDecider = Callable[[PaymentSpec], bool]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    """How hard and how long the engine pushes."""
+
+    concurrency: int = 32
+    poll_after: float = 15.0  # seconds without news about a payment before polling it
+    poll_concurrency: int = 4
+    stall_timeout: float = 60.0  # give up when nothing settled for this long
+    max_wait: float = 900.0  # and in any case this long after the last submission
+    review_interval: float = 0.5
+    retries: int = 3  # per POST, same Idempotency-Key, on transport errors, 409, 429 and 5xx
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (None when there are none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(slots=True)
+class LoadResult:
+    """Everything one run observed, and the figures derived from it."""
+
+    tracked: list[Tracked]
+    submit_seconds: float
+    first_sent: float
+    polls: int
+    reviews_decided: int
+
+    @property
+    def sent(self) -> int:
+        return len(self.tracked)
+
+    @property
+    def accepted(self) -> list[Tracked]:
+        return [t for t in self.tracked if t.accepted]
+
+    @property
+    def settled(self) -> list[Tracked]:
+        return [t for t in self.tracked if t.terminal]
+
+    @property
+    def unsettled(self) -> list[Tracked]:
+        return [t for t in self.tracked if t.accepted and not t.terminal]
+
+    @property
+    def complete_seconds(self) -> float:
+        """From the first POST to the last terminal state."""
+        ends = [t.terminal_at for t in self.tracked if t.terminal_at is not None]
+        return max(ends) - self.first_sent if ends else 0.0
+
+    def accepted_per_second(self) -> float:
+        return len(self.accepted) / self.submit_seconds if self.submit_seconds > 0 else 0.0
+
+    def completed_per_second(self) -> float:
+        seconds = self.complete_seconds
+        return len(self.settled) / seconds if seconds > 0 else 0.0
+
+    def api_latencies(self) -> list[float]:
+        return [t.api_latency for t in self.tracked if t.api_latency is not None]
+
+    def end_to_end(self, *, reviewed: bool = False) -> list[float]:
+        """End-to-end latencies of payments decided automatically (or, asked, by review)."""
+        values = []
+        for t in self.tracked:
+            if t.end_to_end is not None and t.reviewed == reviewed:
+                values.append(t.end_to_end)
+        return values
+
+    def outcomes(self) -> Counter[tuple[str, str]]:
+        """(status, failure code or "") → count, over accepted payments."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for t in self.accepted:
+            status = t.status if t.terminal and t.status else f"{t.status or 'unknown'} (not terminal)"
+            counts[(status, t.failure_code or "")] += 1
+        return counts
+
+    def rejections(self) -> Counter[str]:
+        return Counter(t.rejection for t in self.tracked if t.rejection is not None)
+
+    def learned_by(self) -> Counter[str]:
+        return Counter(t.learned_by for t in self.tracked if t.learned_by is not None)
+
+    def figures(self) -> dict[str, Any]:
+        """The headline numbers, JSON-ready (seconds for latencies)."""
+        api = self.api_latencies()
+        e2e = self.end_to_end()
+        return {
+            "sent": self.sent,
+            "accepted": len(self.accepted),
+            "terminal": len(self.settled),
+            "not_terminal": len(self.unsettled),
+            "submit_seconds": round(self.submit_seconds, 3),
+            "complete_seconds": round(self.complete_seconds, 3),
+            "accepted_per_second": round(self.accepted_per_second(), 1),
+            "completed_per_second": round(self.completed_per_second(), 1),
+            "api_latency_seconds": {
+                "p50": percentile(api, 50), "p95": percentile(api, 95), "p99": percentile(api, 99),
+            },
+            "end_to_end_seconds": {"p50": percentile(e2e, 50), "p99": percentile(e2e, 99)},
+            "statuses": {f"{s}/{c}" if c else s: n for (s, c), n in sorted(self.outcomes().items())},
+            "rejections": dict(self.rejections()),
+            "learned_by": dict(self.learned_by()),
+        }
+
+
+class LoadEngine:
+    """Sends payments at a concurrency and follows each one to its terminal state."""
+
+    def __init__(
+        self,
+        client: PaystreamClient,
+        receiver: WebhookReceiver,
+        options: EngineOptions | None = None,
+        *,
+        decide_review: ReviewDecider | None = None,
+    ) -> None:
+        self._client = client
+        self._receiver = receiver
+        self._options = options or EngineOptions()
+        self._decide_review = decide_review
+        self._tracked: list[Tracked] = []
+        self._by_id: dict[str, Tracked] = {}
+        self._open: dict[str, Tracked] = {}
+        self._early: dict[str, PaymentUpdate] = {}
+        self._awaiting_review: dict[str, Tracked] = {}
+        self._submitting = False
+        self._done = asyncio.Event()
+        self._last_progress = 0.0
+        self.polls = 0
+        self.reviews_decided = 0
+        self.sent = 0
+        self.settled = 0
+        self.rejected = 0
+
+    @property
+    def total(self) -> int:
+        return len(self._tracked)
+
+    async def run(self, specs: Iterable[PaymentSpec]) -> LoadResult:
+        """Send every spec, wait until all accepted ones are terminal (or stalled)."""
+        self._reset(specs)
+        await self._client.token()  # so the first POST's latency is not a token fetch
+        self._receiver.subscribe(self._on_update)
+        watchers = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._review_loop())]
+        try:
+            first_sent = time.perf_counter()
+            await self._submit_all()
+            submit_seconds = time.perf_counter() - first_sent
+            self._submitting = False
+            self._check_done()
+            await self._wait_settled()
+        finally:
+            self._receiver.unsubscribe(self._on_update)
+            for task in watchers:
+                task.cancel()
+            for task in watchers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return LoadResult(
+            tracked=self._tracked, submit_seconds=submit_seconds, first_sent=first_sent,
+            polls=self.polls, reviews_decided=self.reviews_decided,
+        )
+
+    def _reset(self, specs: Iterable[PaymentSpec]) -> None:
+        self._tracked = [Tracked(spec) for spec in specs]
+        self._by_id.clear()
+        self._open.clear()
+        self._early.clear()
+        self._awaiting_review.clear()
+        self._submitting = True
+        self._done.clear()
+        self._last_progress = time.perf_counter()
+        self.polls = self.reviews_decided = self.sent = self.settled = self.rejected = 0
+
+    # -- submission ------------------------------------------------------------------------
+
+    async def _submit_all(self) -> None:
+        pending = iter(self._tracked)
+        workers = min(self._options.concurrency, len(self._tracked))
+        await asyncio.gather(*(self._submit_worker(pending) for _ in range(workers)))
+
+    async def _submit_worker(self, pending: Iterator[Tracked]) -> None:
+        for tracked in pending:
+            await self._submit(tracked)
+            self.sent += 1
+
+    async def _submit(self, tracked: Tracked) -> None:
+        """POST one payment, retrying with the same key when that is safe and useful."""
+        path, body = tracked.spec.request()
+        tracked.sent_at = time.perf_counter()
+        outcome = "no answer"
+        for attempt in range(self._options.retries + 1):
+            if attempt:
+                await asyncio.sleep(0.2 * 2**attempt)
+            began = time.perf_counter()
+            try:
+                response = await self._client.request(
+                    "POST", path, json_body=body, idempotency_key=tracked.spec.key
+                )
+            except httpx.TransportError as exc:
+                outcome = f"transport {type(exc).__name__}"
+                continue
+            if response.status_code == 202:
+                self._accept(tracked, response.json(), time.perf_counter() - began)
+                return
+            outcome = f"{response.status_code} {_problem_code(response)}"
+            if response.status_code not in RETRYABLE_STATUSES:
+                break
+        tracked.rejection = outcome
+        self.rejected += 1
+        self._check_done()
+
+    def _accept(self, tracked: Tracked, payment: dict[str, Any], latency: float) -> None:
+        payment_id = str(payment["id"])
+        tracked.payment_id = payment_id
+        tracked.api_latency = latency
+        tracked.last_news = time.perf_counter()
+        self._by_id[payment_id] = tracked
+        self._open[payment_id] = tracked
+        self._apply(tracked, str(payment["status"]), payment.get("failure_code"),
+                    tracked.last_news, "api")
+        early = self._early.pop(payment_id, None)
+        if early is not None:
+            self._apply(tracked, early.status, early.failure_code, early.received_at, "webhook")
+
+    # -- what we learn about payments --------------------------------------------------------
+
+    def _on_update(self, update: PaymentUpdate) -> None:
+        tracked = self._by_id.get(update.payment_id)
+        if tracked is not None:
+            self._apply(tracked, update.status, update.failure_code, update.received_at, "webhook")
+            return
+        # The webhook can beat the POST's own answer; keep the most final news for later.
+        kept = self._early.get(update.payment_id)
+        if kept is None or kept.status not in TERMINAL:
+            self._early[update.payment_id] = update
+
+    def _apply(self, tracked: Tracked, status: str, failure_code: str | None, at: float, via: str) -> None:
+        """Record news about a payment; a terminal state is final."""
+        if tracked.terminal:
+            return
+        tracked.last_news = time.perf_counter()
+        tracked.status = status
+        tracked.failure_code = failure_code
+        if status in TERMINAL:
+            tracked.terminal_at = at
+            tracked.learned_by = via
+            assert tracked.payment_id is not None
+            self._open.pop(tracked.payment_id, None)
+            self._awaiting_review.pop(tracked.payment_id, None)
+            self.settled += 1
+            self._last_progress = time.perf_counter()
+            self._check_done()
+        elif status == "requires_review" and not tracked.reviewed:
+            assert tracked.payment_id is not None
+            self._awaiting_review[tracked.payment_id] = tracked
+
+    def _check_done(self) -> None:
+        if not self._submitting and not self._open:
+            self._done.set()
+
+    async def _wait_settled(self) -> None:
+        """Until every accepted payment is terminal, nothing settles for a while, or time is up."""
+        deadline = time.perf_counter() + self._options.max_wait
+        while not self._done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), timeout=1.0)
+            now = time.perf_counter()
+            if now - self._last_progress > self._options.stall_timeout or now > deadline:
+                return
+
+    # -- fallback polling --------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        slots = asyncio.Semaphore(self._options.poll_concurrency)
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.perf_counter()
+            stale = [t for t in self._open.values() if now - t.last_news > self._options.poll_after]
+            await asyncio.gather(*(self._poll(t, slots) for t in stale[:200]))
+
+    async def _poll(self, tracked: Tracked, slots: asyncio.Semaphore) -> None:
+        assert tracked.payment_id is not None
+        tracked.last_news = time.perf_counter()  # do not poll it again at once
+        async with slots:
+            try:
+                response = await self._client.request("GET", f"/v1/payments/{tracked.payment_id}")
+            except httpx.HTTPError:
+                return
+        self.polls += 1
+        if response.status_code == 200:
+            payment = response.json()
+            self._apply(tracked, str(payment["status"]), payment.get("failure_code"),
+                        time.perf_counter(), "poll")
+
+    # -- reviews -----------------------------------------------------------------------------
+
+    async def _review_loop(self) -> None:
+        if self._decide_review is None:
+            return
+        while True:
+            await asyncio.sleep(self._options.review_interval)
+            if not self._awaiting_review:
+                continue
+            try:
+                await self._decide_open_reviews(self._decide_review)
+            except (httpx.HTTPError, ValueError, KeyError):
+                continue  # try again on the next round
+
+    async def _decide_open_reviews(self, decide: ReviewDecider) -> None:
+        for review in await self._open_reviews():
+            tracked = self._awaiting_review.get(review["payment_id"])
+            if tracked is None:
+                continue
+            approve = decide(tracked.spec)
+            verb = "approve" if approve else "decline"
+            response = await self._client.request(
+                "POST", f"/v1/reviews/{review['id']}/{verb}", idempotency_key=f"{verb}-{review['id']}"
+            )
+            if response.status_code in (200, 409):  # 409: already decided, by us or anyone
+                tracked.review_approved = approve
+                self._awaiting_review.pop(review["payment_id"], None)
+                self.reviews_decided += 1
+
+    async def _open_reviews(self) -> list[dict[str, Any]]:
+        """Every open review, page by page."""
+        reviews: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"status": "open", "limit": 100}
+        while True:
+            response = await self._client.request("GET", "/v1/reviews", params=params)
+            if response.status_code != 200:
+                return reviews
+            page = response.json()
+            reviews.extend(page["data"])
+            if not page["has_more"] or not page["data"]:
+                return reviews
+            params["starting_after"] = page["data"][-1]["id"]
+
+
+def _problem_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("code") or "")
+    except ValueError:
+        return ""
+
+
+# -- helpers for the tools ----------------------------------------------------------------------
+
+
+WEBHOOK_EVENTS = ("payment.succeeded", "payment.failed", "payment.declined", "payment.requires_review")
+
+
+@contextlib.asynccontextmanager
+async def registered_receiver(client: PaystreamClient) -> AsyncIterator[WebhookReceiver]:
+    """A started receiver, registered as a webhook endpoint for every payment event.
+
+    The endpoint is deleted on the way out, so a stack does not keep retrying
+    deliveries to a receiver that is gone.
+    """
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        endpoint = await client.create_webhook_endpoint(receiver.url, list(WEBHOOK_EVENTS))
+        receiver.secret = str(endpoint["secret"])
+        try:
+            yield receiver
+        finally:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.request("DELETE", f"/v1/webhook_endpoints/{endpoint['id']}")
+    finally:
+        await receiver.close()
+
+
+async def bounded_gather(jobs: Sequence[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run ``jobs`` with at most ``limit`` at a time; results in the jobs' order."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
+        async with slots:
+            return await job()
+
+    return await asyncio.gather(*(one(job) for job in jobs))
+
+
+async def create_wallets(client: PaystreamClient, count: int, *, concurrency: int, label: str) -> list[str]:
+    """Create ``count`` USD wallets (no overdraft) and return their ids."""
+
+    def job(index: int) -> Callable[[], Awaitable[dict[str, Any]]]:
+        return lambda: client.create_account("USD", metadata={"tool": label, "n": index})
+
+    accounts = await bounded_gather([job(i) for i in range(count)], concurrency)
+    return [str(account["id"]) for account in accounts]
+
+
+async def run_with_progress(
+    engine: LoadEngine, specs: Sequence[PaymentSpec], console: Console, label: str
+) -> LoadResult:
+    """`engine.run` with two progress bars: submitted and terminal."""
+    columns = (
+        TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        submitted = progress.add_task(f"{label}: submitted", total=len(specs))
+        finished = progress.add_task(f"{label}: terminal", total=len(specs))
+        running = asyncio.create_task(engine.run(specs))
+        while not running.done():
+            progress.update(submitted, completed=engine.sent)
+            progress.update(finished, completed=engine.settled + engine.rejected)
+            await asyncio.wait({running}, timeout=0.2)
+        progress.update(submitted, completed=engine.sent)
+        progress.update(finished, completed=engine.settled + engine.rejected)
+    return running.result()
+
+
+# -- report tables ------------------------------------------------------------------------------
+
+
+def milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.1f} ms"
+
+
+def outcome_table(result: LoadResult, title: str = "Final status") -> Table:
+    table = Table(title=title)
+    table.add_column("status")
+    table.add_column("failure_code")
+    table.add_column("payments", justify="right")
+    for (status, code), count in sorted(result.outcomes().items()):
+        table.add_row(status, code or "-", f"{count:,}")
+    for rejection, count in sorted(result.rejections().items()):
+        table.add_row(f"[red]not accepted: {rejection}[/red]", "-", f"{count:,}")
+    return table
+
+
+def performance_table(result: LoadResult, title: str = "Throughput and latency") -> Table:
+    api = result.api_latencies()
+    e2e = result.end_to_end()
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("payments sent / accepted (202)", f"{result.sent:,} / {len(result.accepted):,}")
+    table.add_row("submission wall time", f"{result.submit_seconds:,.2f} s")
+    table.add_row("first POST → last terminal", f"{result.complete_seconds:,.2f} s")
+    table.add_row("accepted/s", f"{result.accepted_per_second():,.1f}")
+    table.add_row("completed/s", f"{result.completed_per_second():,.1f}")
+    for pct in (50, 95, 99):
+        table.add_row(f"API latency p{pct}", milliseconds(percentile(api, pct)))
+    for pct in (50, 99):
+        table.add_row(f"end-to-end p{pct}", milliseconds(percentile(e2e, pct)))
+    reviewed = result.end_to_end(reviewed=True)
+    if reviewed:
+        table.add_row("end-to-end p50, via human review", milliseconds(percentile(reviewed, 50)))
+    return table

@@ -1,0 +1,187 @@
+"""The payment state machine: transitions, absorbing terminal states, any signal order."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from paystream.payments.domain import (
+    SIGNALS,
+    TERMINAL,
+    Signal,
+    Status,
+    Transition,
+    is_terminal,
+    next_state,
+)
+
+STATUSES: tuple[Status, ...] = ("processing", "requires_review", "succeeded", "failed", "declined")
+ALL_SIGNALS: tuple[Signal, ...] = tuple(sorted(cast("set[Signal]", SIGNALS)))
+TERMINALS: tuple[Status, ...] = tuple(s for s in STATUSES if s in TERMINAL)
+
+
+def _run(signals: list[Signal]) -> list[Status]:
+    """Feed ``signals`` to a new payment; the statuses it passes through, starting one."""
+    status: Status = "processing"
+    history = [status]
+    for signal in signals:
+        transition = next_state(status, signal)
+        if transition is not None:
+            status = transition.status
+            history.append(status)
+    return history
+
+
+# The transitions drawn in the module docstring.
+
+
+def test_review_from_processing_requires_review() -> None:
+    assert next_state("processing", "fraud.review") == Transition(
+        "requires_review", None, "payment.requires_review", "payment.requires_review"
+    )
+
+
+def test_approval_under_review_returns_to_processing_without_a_public_event() -> None:
+    assert next_state("requires_review", "fraud.approved") == Transition(
+        "processing", None, None, "payment.review_approved"
+    )
+
+
+def test_decline_from_processing_declines() -> None:
+    assert next_state("processing", "fraud.declined") == Transition(
+        "declined", "fraud_declined", "payment.declined", "payment.declined"
+    )
+
+
+def test_decline_under_review_declines() -> None:
+    assert next_state("requires_review", "fraud.declined") == Transition(
+        "declined", "fraud_declined", "payment.declined", "payment.declined"
+    )
+
+
+def test_ledger_posted_from_processing_succeeds() -> None:
+    assert next_state("processing", "ledger.posted") == Transition(
+        "succeeded", None, "payment.succeeded", "payment.succeeded"
+    )
+
+
+def test_ledger_rejected_from_processing_fails_with_the_ledger_code() -> None:
+    assert next_state("processing", "ledger.rejected", "insufficient_funds") == Transition(
+        "failed", "insufficient_funds", "payment.failed", "payment.failed"
+    )
+
+
+def test_ledger_rejected_without_a_code_fails_as_ledger_rejected() -> None:
+    transition = next_state("processing", "ledger.rejected")
+    assert transition is not None
+    assert transition.failure_code == "ledger_rejected"
+
+
+# What changes nothing.
+
+
+def test_approval_while_processing_changes_nothing() -> None:
+    assert next_state("processing", "fraud.approved") is None
+
+
+@pytest.mark.parametrize("status", [s for s in STATUSES if s != "processing"])
+def test_review_is_entered_only_from_processing(status: Status) -> None:
+    transition = next_state(status, "fraud.review")
+    assert transition is None or transition.status != "requires_review"
+
+
+@pytest.mark.parametrize("status", TERMINALS)
+@pytest.mark.parametrize("signal", ALL_SIGNALS)
+def test_terminal_state_absorbs_every_signal(status: Status, signal: Signal) -> None:
+    assert next_state(status, signal) is None
+
+
+def test_unknown_signal_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown signal"):
+        next_state("processing", "fraud.maybe")  # type: ignore[arg-type]
+
+
+def test_is_terminal_names_exactly_succeeded_failed_declined() -> None:
+    assert [s for s in STATUSES if is_terminal(s)] == ["succeeded", "failed", "declined"]
+
+
+# The ledger and fraud streams are not ordered relative to each other, so the ledger's
+# outcome may arrive while payments still shows the review: the money has moved (or
+# not), so the payment settles.
+
+
+def test_ledger_posted_under_review_succeeds() -> None:
+    transition = next_state("requires_review", "ledger.posted")
+    assert transition is not None
+    assert transition.status == "succeeded"
+
+
+def test_ledger_rejected_under_review_fails() -> None:
+    transition = next_state("requires_review", "ledger.rejected", "insufficient_funds")
+    assert transition is not None
+    assert transition.status == "failed"
+
+
+# Any sequence of signals, including repeats and any order.
+
+signal_sequences = st.lists(st.sampled_from(ALL_SIGNALS), max_size=30)
+
+
+@given(signals=signal_sequences)
+def test_any_signal_sequence_reaches_at_most_one_terminal_state(signals: list[Signal]) -> None:
+    history = _run(signals)
+    assert sum(1 for status in history if is_terminal(status)) <= 1
+
+
+@given(signals=signal_sequences)
+def test_once_terminal_a_payment_never_leaves_that_state(signals: list[Signal]) -> None:
+    status: Status = "processing"
+    terminal: Status | None = None
+    for signal in signals:
+        transition = next_state(status, signal)
+        if transition is not None:
+            status = transition.status
+        if terminal is not None:
+            assert status == terminal
+        elif is_terminal(status):
+            terminal = status
+
+
+@given(signals=signal_sequences)
+def test_requires_review_is_only_ever_entered_from_processing(signals: list[Signal]) -> None:
+    history = _run(signals)
+    for before, after in zip(history, history[1:], strict=False):
+        if after == "requires_review":
+            assert before == "processing"
+
+
+@given(signals=signal_sequences)
+def test_approval_after_review_always_returns_to_processing(signals: list[Signal]) -> None:
+    status: Status = "processing"
+    for signal in signals:
+        transition = next_state(status, signal)
+        if status == "requires_review" and signal == "fraud.approved":
+            assert transition is not None
+            assert transition.status == "processing"
+        if transition is not None:
+            status = transition.status
+
+
+SETTLES: dict[Signal, Status] = {
+    "ledger.posted": "succeeded",
+    "ledger.rejected": "failed",
+    "fraud.declined": "declined",
+}
+
+
+@given(signals=signal_sequences)
+def test_the_first_settling_signal_chooses_the_terminal_state(signals: list[Signal]) -> None:
+    first = next((SETTLES[s] for s in signals if s in SETTLES), None)
+    final = _run(signals)[-1]
+    if first is None:
+        assert not is_terminal(final)
+    else:
+        assert final == first
