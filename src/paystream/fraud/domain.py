@@ -87,7 +87,8 @@ def decide(rules: Sequence[Rule], facts: Facts) -> Decision:
     if not hits:
         return Decision("approve", ())
     outcome = max((hit.outcome for hit in hits), key=_RANK.__getitem__)
-    return Decision(outcome, tuple(hit.reason for hit in hits if hit.outcome == outcome))
+    ranked = sorted(hits, key=lambda hit: _RANK[hit.outcome], reverse=True)
+    return Decision(outcome, tuple(hit.reason for hit in ranked))
 
 
 def default_rules(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -43,7 +44,10 @@ def valid_idempotency_key(key: str) -> bool:
 
 def fingerprint(method: str, path: str, body: Any) -> str:
     """What "the same request" means: method, path and the JSON body with keys sorted."""
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    try:
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers past 64 bits: the slower encoder has no such limit
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 

@@ -35,12 +35,13 @@ def verify(secret: str, header: str, body: bytes, *, now: int, tolerance: int = 
     if abs(now - timestamp) > tolerance:
         return False
     expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, given)
+    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 def retry_delay(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Exponential backoff with equal jitter (half fixed, half random) after ``attempt`` failures."""
-    ceiling = min(cap, base * 2 ** (attempt - 1))
+    # The exponent is bounded so that a very large attempt count cannot overflow a float.
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 64))
     return (rng or random).uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
 
 
