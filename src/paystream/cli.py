@@ -98,12 +98,15 @@ def bench(
     payments: Annotated[int, typer.Option(min=1)] = 10_000,
     concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 32,
     accounts: Annotated[int, typer.Option(min=2, help="Funded accounts the payments spread over.")] = 2000,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
 ) -> None:
     """Drive N payments through the public API at a concurrency; report rates and latencies."""
     from paystream.tools.bench import run_bench
 
     ok = asyncio.run(run_bench(home, payments=payments, concurrency=concurrency, accounts=accounts,
-                               console=console))
+                               console=console, json_path=json_path))
     raise typer.Exit(0 if ok else 1)
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
+import aiohttp
 import orjson
 from prometheus_client import Counter
 
@@ -80,17 +80,22 @@ class DeliveryWorker:
         self._settings = settings
         self._channel = channel
         self._wakeup = asyncio.Event()
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.webhook_timeout_seconds),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=settings.webhook_concurrency * 2),
-            headers={"user-agent": "paystream-webhooks/0.1"},
-        )
+        self._client: aiohttp.ClientSession | None = None  # made in the running loop
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self.sent = Counter(
             "paystream_webhook_attempts_total", "Webhook delivery attempts by result", ["result"],
             registry=metrics.registry,
         )
+
+    def _session(self) -> aiohttp.ClientSession:
+        """One keep-alive session for every endpoint; a redirect is not followed (it fails)."""
+        if self._client is None:
+            self._client = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_seconds),
+                connector=aiohttp.TCPConnector(limit=self._settings.webhook_concurrency * 2),
+                headers={"user-agent": "paystream-webhooks/0.1"},
+            )
+        return self._client
 
     async def _attempt(self, row: asyncpg.Record) -> dict[str, Any]:
         attempts = row["attempts"] + 1
@@ -107,9 +112,12 @@ class DeliveryWorker:
             }
             async with self._slots:
                 try:
-                    response = await self._client.post(row["url"], content=body, headers=headers)
-                    status_code = response.status_code
-                except httpx.HTTPError as exc:
+                    async with self._session().post(
+                        row["url"], data=body, headers=headers, allow_redirects=False
+                    ) as response:
+                        status_code = response.status
+                        await response.read()
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     error = repr(exc)[:500]
         now = datetime.now(UTC)
         if status_code is not None and delivered(status_code):
@@ -178,5 +186,7 @@ class DeliveryWorker:
                 await self._pool.release(listener)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 

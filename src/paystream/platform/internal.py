@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from paystream.platform.errors import TransientError
 from paystream.platform.http import (
@@ -36,22 +37,44 @@ def caller_headers(caller: Caller, token: str) -> dict[str, str]:
     return headers
 
 
+@dataclass(frozen=True, slots=True)
+class InternalResponse:
+    """What an internal call answered, read in full."""
+
+    status_code: int
+    content: bytes
+    headers: Mapping[str, str]
+
+
 class InternalClient:
-    """A keep-alive HTTP client for one internal service."""
+    """A keep-alive HTTP client for one internal service (aiohttp: the gateway's hot path).
+
+    Every call has a total deadline (``timeout``) and a connect deadline; a call that
+    misses either, or cannot reach the service at all, raises `TransientError`.
+    """
 
     def __init__(
         self, base_url: str, *, token: str, timeout: float, max_connections: int = 100
     ) -> None:
-        self.base_url = base_url
+        self.base_url = base_url.rstrip("/")
         self._token = token
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            http1=True,
-        )
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 2.0))
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running event loop (aiohttp wants one).
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                base_url=self.base_url,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, keepalive_timeout=30, ttl_dns_cache=300
+                ),
+                auto_decompress=False,
+                raise_for_status=False,
+            )
+        return self._session
 
     async def request(
         self,
@@ -60,23 +83,26 @@ class InternalClient:
         caller: Caller,
         *,
         content: bytes | None = None,
-        params: Any = None,
+        params: str | None = None,
         extra_headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> InternalResponse:
         """Send one request; raises `TransientError` when the service cannot be reached in time."""
         headers = caller_headers(caller, self._token)
         if content is not None:
             headers["content-type"] = "application/json"
         if extra_headers:
             headers.update(extra_headers)
+        url = f"{path}?{params}" if params else path
         try:
-            return await self._client.request(
-                method, path, content=content, params=params, headers=headers
-            )
-        except httpx.TimeoutException as exc:
+            async with self._open().request(method, url, data=content, headers=headers) as response:
+                body = await response.read()
+                return InternalResponse(response.status, body, response.headers)
+        except TimeoutError as exc:
             raise TransientError(f"{self.base_url}{path}: timed out") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise TransientError(f"{self.base_url}{path}: {exc!r}") from exc
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -59,8 +60,13 @@ class ApiError(Exception):
                          f"{self.status} {self.problem.get('code')} {self.problem.get('detail')}")
 
 
+# httpx's pool looks at every connection it holds on each request, so one big pool costs
+# O(connections) per call; several small pools used in turn keep that cost flat.
+CONNECTIONS_PER_POOL = 8
+
+
 class PaystreamClient:
-    """Client-credentials auth with automatic token renewal; one keep-alive pool."""
+    """Client-credentials auth with automatic token renewal; keep-alive pools used in turn."""
 
     def __init__(
         self, base_url: str, client_id: str, client_secret: str, *, max_connections: int = 100,
@@ -70,11 +76,22 @@ class PaystreamClient:
         self._client_secret = client_secret
         self._token: str | None = None
         self._token_expires = 0.0
-        self.http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
+        per_pool = -(-max_connections // pools)
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=base_url,
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+            )
+            for _ in range(pools)
+        ]
+        self._turn = itertools.cycle(self._pools)
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The next keep-alive pool in turn."""
+        return next(self._turn)
 
     @classmethod
     def for_stack(cls, info: StackInfo, **kwargs: Any) -> PaystreamClient:
@@ -87,7 +104,8 @@ class PaystreamClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     async def token(self) -> str:
         if self._token is None or time.monotonic() > self._token_expires:

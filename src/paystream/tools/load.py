@@ -497,7 +497,7 @@ async def create_wallets(client: PaystreamClient, count: int, *, concurrency: in
     """Create ``count`` USD wallets (no overdraft) and return their ids."""
 
     def job(index: int) -> Callable[[], Awaitable[dict[str, Any]]]:
-        return lambda: client.create_account("USD", metadata={"tool": label, "n": index})
+        return lambda: client.create_account("USD", metadata={"tool": label, "n": str(index)})
 
     accounts = await bounded_gather([job(i) for i in range(count)], concurrency)
     return [str(account["id"]) for account in accounts]

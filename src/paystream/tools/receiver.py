@@ -119,6 +119,8 @@ class WebhookReceiver:
             await self._serve(reader, writer)
         except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError):
             pass  # a broken client connection; the sender retries
+        except asyncio.CancelledError:
+            pass  # `close`: end quietly, so asyncio's server callback has nothing to report
         finally:
             self._connections.discard(task)
             writer.close()
