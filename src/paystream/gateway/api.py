@@ -133,6 +133,8 @@ class Gateway:
             params=request.url.query or None,
         )
         headers = {"x-correlation-id": correlation_id}
+        log.info("api_request", method=route.method, route=route.path,
+                 status=upstream.status_code, object_id=_object_id(upstream.content))
         return Response(
             upstream.content,
             status_code=upstream.status_code,
@@ -333,3 +335,11 @@ def _endpoint(gateway: Gateway, route: Route) -> Callable[[Request], Awaitable[R
         return await gateway.handle(route, request)
 
     return endpoint
+
+
+def _object_id(content: bytes) -> str | None:
+    """The ``id`` of the object an upstream answer carries (for the request log line)."""
+    if not content.startswith(b'{"id":"'):
+        return None
+    end = content.find(b'"', 7)
+    return content[7:end].decode("ascii", "replace") if 0 < end <= 80 else None

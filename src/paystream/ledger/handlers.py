@@ -39,7 +39,8 @@ class LedgerHandlers:
         for envelope, payload in approved:
             key = (payload.order.tenant_id, payload.order.payment_id)
             if key in decided or key in seen:
-                log.info("ledger_order_already_decided", payment_id=payload.order.payment_id)
+                log.info("ledger_order_already_decided", payment_id=payload.order.payment_id,
+                         correlation_id=envelope.correlation_id)
                 continue
             seen.add(key)
             todo.append((envelope, payload))
@@ -75,6 +76,14 @@ class LedgerHandlers:
         events = []
         for (envelope, payload), outcome in zip(todo, result.outcomes, strict=True):
             order = payload.order
+            if isinstance(outcome, Posted):
+                log.info("ledger_posted", payment_id=order.payment_id,
+                         correlation_id=envelope.correlation_id,
+                         transfer_id=outcome.request.transfer_id, amount=order.amount,
+                         currency=order.currency)
+            else:
+                log.info("ledger_rejected", payment_id=order.payment_id,
+                         correlation_id=envelope.correlation_id, failure_code=outcome.code)
             event = (
                 LedgerPosted(
                     payment_id=order.payment_id,

@@ -56,10 +56,17 @@ class NotificationHandlers:
         for envelope in public:
             tenant = envelope.payload["tenant_id"]
             body = None
+            queued = 0
             for endpoint in endpoints:
                 if endpoint["tenant_id"] == tenant and wants(endpoint["events"], envelope.type):
                     body = body or webhook_body(envelope)
                     rows.append((envelope.id, endpoint["id"], tenant, envelope.type, body))
+                    queued += 1
+            log.info(
+                "webhooks_queued", event_id=envelope.id, event_type=envelope.type,
+                payment_id=envelope.payload["data"].get("id"),
+                correlation_id=envelope.correlation_id, endpoints=queued,
+            )
         await self._store.enqueue(conn, rows)
 
 

@@ -352,32 +352,55 @@ async def run_demo(home: Path, *, payments: int, concurrency: int, console: Cons
         return await _demo(client, info, plan, limits, concurrency, console)
 
 
+@dataclass(slots=True)
+class DemoRun:
+    """Everything one run of the scenarios observed (the end-to-end tests assert on it)."""
+
+    wallets: Wallets
+    funding: LoadResult
+    result: LoadResult | None  # None when funding failed and no transfer was sent
+    expected: dict[str, int]
+    actual: dict[str, int]
+    reviewer: AlternatingReviewer
+
+
+async def run_scenarios(
+    client: PaystreamClient, receiver: WebhookReceiver, plan: DemoPlan, limits: FraudLimits,
+    concurrency: int, console: Console, rng: random.Random | None = None,
+) -> DemoRun:
+    """Create and fund the wallets, send every planned transfer, follow each to its end."""
+    rng = rng or random.Random()  # noqa: S311 - test data, not secrets
+    wallets = await _make_wallets(client, plan, concurrency)
+    transfers = plan_transfers(plan, wallets, limits, rng)
+    deposits = plan_deposits(wallets, transfers, limits, rng)
+    console.print(f"created {len(wallets.all())} wallets; funding {len(wallets.funded())} "
+                  f"of them with {len(deposits)} deposits")
+    options = EngineOptions(concurrency=concurrency)
+    funding = await run_with_progress(LoadEngine(client, receiver, options), deposits, console,
+                                      "deposits")
+    reviewer = AlternatingReviewer()
+    if Counter(t.status for t in funding.tracked)["succeeded"] != len(deposits):
+        return DemoRun(wallets, funding, None, {}, {}, reviewer)
+    engine = LoadEngine(client, receiver, options, decide_review=reviewer)
+    result = await run_with_progress(engine, transfers, console, "transfers")
+    expected = expected_balances(wallets.all(), [*funding.tracked, *result.tracked])
+    actual = await actual_balances(client, wallets.all(), concurrency)
+    return DemoRun(wallets, funding, result, expected, actual, reviewer)
+
+
 async def _demo(
     client: PaystreamClient, info: StackInfo, plan: DemoPlan, limits: FraudLimits, concurrency: int,
     console: Console,
 ) -> bool:
-    rng = random.Random()  # noqa: S311 - test data, not secrets
     async with registered_receiver(client) as receiver:
         console.print(f"webhook receiver listening at {receiver.url}")
-        wallets = await _make_wallets(client, plan, concurrency)
-        transfers = plan_transfers(plan, wallets, limits, rng)
-        deposits = plan_deposits(wallets, transfers, limits, rng)
-        console.print(f"created {len(wallets.all())} wallets; funding {len(wallets.funded())} "
-                      f"of them with {len(deposits)} deposits")
-        options = EngineOptions(concurrency=concurrency)
-        funding = await run_with_progress(LoadEngine(client, receiver, options), deposits, console,
-                                          "deposits")
-        funded = Counter(t.status for t in funding.tracked)
-        if funded["succeeded"] != len(deposits):
-            console.print(outcome_table(funding, "Deposits"))
+        run = await run_scenarios(client, receiver, plan, limits, concurrency, console)
+        if run.result is None:
+            console.print(outcome_table(run.funding, "Deposits"))
             console.print("[red]not every deposit succeeded; stopping before the transfers[/red]")
             return False
-        reviewer = AlternatingReviewer()
-        engine = LoadEngine(client, receiver, options, decide_review=reviewer)
-        result = await run_with_progress(engine, transfers, console, "transfers")
-        expected = expected_balances(wallets.all(), [*funding.tracked, *result.tracked])
-        actual = await actual_balances(client, wallets.all(), concurrency)
-        return await _report(info, result, funding, receiver, expected, actual, reviewer, console)
+        return await _report(info, run.result, run.funding, receiver, run.expected, run.actual,
+                             run.reviewer, console)
 
 
 async def _make_wallets(client: PaystreamClient, plan: DemoPlan, concurrency: int) -> Wallets:
