@@ -91,6 +91,12 @@ class EventConsumer:
                 self.busy = True
                 try:
                     await self.process(deliveries)
+                except Exception as exc:
+                    # Nothing unsettled is lost: the broker redelivers after ack_wait and the
+                    # inbox makes that harmless. The consumer itself must keep running.
+                    attempt += 1
+                    log.error("consumer_batch_failed", consumer=self.name, error=repr(exc))
+                    await asyncio.sleep(_backoff(attempt))
                 finally:
                     self.busy = False
             now = time.monotonic()
@@ -184,6 +190,16 @@ class EventConsumer:
         if self._metrics:
             self._metrics.events_consumed.labels(self.name, outcome).inc(len(items))
 
+    async def _settle_one(self, delivery: Delivery, how: str) -> None:
+        try:
+            if how == "term":
+                await delivery.term()
+            else:
+                await delivery.nak(delay=_backoff(delivery.num_delivered))
+        except Exception as exc:
+            # Redelivered later: dead-lettered again (a second row), never lost.
+            log.warning("consumer_settle_failed", consumer=self.name, error=repr(exc))
+
     async def _dead_letter(
         self, delivery: Delivery, envelope: Envelope | None, error: BaseException
     ) -> None:
@@ -208,9 +224,9 @@ class EventConsumer:
         except Exception as exc:
             # Cannot record it: leave it on the bus to come back rather than lose it.
             log.warning("dead_letter_write_failed", consumer=self.name, error=repr(exc))
-            await delivery.nak(delay=_backoff(delivery.num_delivered))
+            await self._settle_one(delivery, "nak")
             return
-        await delivery.term()
+        await self._settle_one(delivery, "term")
         if self._metrics:
             self._metrics.dead_letters.labels(self.name).inc()
             self._metrics.events_consumed.labels(self.name, "dead_lettered").inc()
