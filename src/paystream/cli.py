@@ -101,12 +101,21 @@ def bench(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start a stack of its own (free ports, temporary home).")
+    ] = False,
 ) -> None:
     """Drive N payments through the public API at a concurrency; report rates and latencies."""
-    from paystream.tools.bench import run_bench
+    from paystream.tools.bench import run_bench, run_bench_on_fresh_stack
 
-    ok = asyncio.run(run_bench(home, payments=payments, concurrency=concurrency, accounts=accounts,
-                               console=console, json_path=json_path))
+    if fresh:
+        ok = asyncio.run(run_bench_on_fresh_stack(
+            payments=payments, concurrency=concurrency, accounts=accounts, console=console,
+            json_path=json_path,
+        ))
+    else:
+        ok = asyncio.run(run_bench(home, payments=payments, concurrency=concurrency,
+                                   accounts=accounts, console=console, json_path=json_path))
     raise typer.Exit(0 if ok else 1)
 
 

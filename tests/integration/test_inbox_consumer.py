@@ -50,7 +50,7 @@ class RecordingSubscription:
     inner: Subscription
     seen: list[Delivery]
 
-    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:  # noqa: ASYNC109
+    async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         got = await self.inner.fetch(batch, timeout)
         self.seen.extend(got)
         return got

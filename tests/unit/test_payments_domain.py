@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import cast
 
 import pytest
@@ -153,7 +154,7 @@ def test_once_terminal_a_payment_never_leaves_that_state(signals: list[Signal]) 
 @given(signals=signal_sequences)
 def test_requires_review_is_only_ever_entered_from_processing(signals: list[Signal]) -> None:
     history = _run(signals)
-    for before, after in zip(history, history[1:], strict=False):
+    for before, after in itertools.pairwise(history):
         if after == "requires_review":
             assert before == "processing"
 

@@ -174,7 +174,7 @@ class ReviewDecision(_Request):
 
 class TokenResponse(_Response):
     access_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a name, not a secret
     expires_in: int
     scope: str
 

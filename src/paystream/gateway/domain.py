@@ -38,7 +38,7 @@ def parse_scope(requested: str | None, allowed: frozenset[str]) -> frozenset[str
 
 
 def valid_idempotency_key(key: str) -> bool:
-    """1–255 printable ASCII characters."""
+    """1-255 printable ASCII characters."""
     return 1 <= len(key) <= MAX_IDEMPOTENCY_KEY and all(32 < ord(c) < 127 for c in key)
 
 

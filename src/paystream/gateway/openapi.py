@@ -8,9 +8,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from paystream import __version__
 from paystream.contracts.api import ClientCreate, ClientCreated, Problem, TokenResponse
 from paystream.gateway.routes import ROUTES
-from paystream import __version__
 
 _REF = "#/components/schemas/{model}"
 
@@ -104,14 +104,16 @@ def build_openapi() -> dict[str, Any]:
         "operationId": "post_v1_clients",
         "security": [{"oauth2": ["admin"]}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(ClientCreate)}}},
-        "responses": {"201": {"description": "Created", "content": {"application/json": {"schema": _ref(ClientCreated)}}},
+        "responses": {"201": {"description": "Created",
+                              "content": {"application/json": {"schema": _ref(ClientCreated)}}},
                       "401": _problem("Missing or invalid access token"),
                       "403": _problem("The token lacks the admin scope"),
                       "422": _problem("Validation failed")},
     }}
     paths["/.well-known/jwks.json"] = {"get": {
         "summary": "Public keys that sign access tokens", "operationId": "get_jwks",
-        "responses": {"200": {"description": "JWK set", "content": {"application/json": {"schema": {"type": "object"}}}}},
+        "responses": {"200": {"description": "JWK set",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
     }}
     return {
         "openapi": "3.1.0",

@@ -42,7 +42,7 @@ def retry_delay(attempt: int, *, base: float, cap: float, rng: random.Random | N
     """Exponential backoff with equal jitter (half fixed, half random) after ``attempt`` failures."""
     # The exponent is bounded so that a very large attempt count cannot overflow a float.
     ceiling = min(cap, base * 2.0 ** min(attempt - 1, 64))
-    return (rng or random).uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+    return (rng or random).uniform(ceiling / 2, ceiling)
 
 
 def wants(endpoint_events: Iterable[str], event_type: str) -> bool:

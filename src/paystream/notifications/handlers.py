@@ -14,8 +14,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import aiohttp
+import asyncpg
 import orjson
 from prometheus_client import Counter
 

@@ -30,7 +30,7 @@ PROBLEM_BASE = "https://paystream.dev/problems/"
 PROBLEM_TYPE = "application/problem+json"
 
 # Internal headers the gateway sets when it forwards a request to a service.
-H_INTERNAL_TOKEN = "x-paystream-internal-token"
+H_INTERNAL_TOKEN = "x-paystream-internal-token"  # noqa: S105 - a name, not a secret
 H_TENANT = "x-paystream-tenant"
 H_CLIENT = "x-paystream-client"
 H_USER = "x-paystream-user"

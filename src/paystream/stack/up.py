@@ -184,7 +184,7 @@ class Stack:
     async def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
-        configure_logging("up", "info", stream=open(self.home / "logs" / "up.log", "a"))  # noqa: SIM115
+        configure_logging("up", "info", stream=open(self.home / "logs" / "up.log", "a"))
         _check_not_running(self.home)
         (self.home / "up.pid").write_text(str(os.getpid()))
         secrets_ = load_secrets(self.home)

@@ -136,3 +136,40 @@ async def run_bench(
                   f"[bold red]bench FAILED[/bold red]: {succeeded} of {payments} succeeded, "
                   f"{len(result.unsettled)} not terminal, invariants {'hold' if report.ok else 'FAIL'}")
     return ok
+
+
+async def run_bench_on_fresh_stack(
+    *, payments: int, concurrency: int, accounts: int, console: Console, json_path: Path | None,
+) -> bool:
+    """Start a stack of its own on free ports in a temporary home, bench it, stop it."""
+    import asyncio
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
+    log = open(home / "up.out", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paystream", "up", "--home", str(home), "--auto-ports"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (home / "stack.json").exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                console.print(f"[red]the stack did not start; see {home / 'up.out'}[/red]")
+                return False
+            await asyncio.sleep(0.2)
+        return await run_bench(home, payments=payments, concurrency=concurrency,
+                               accounts=accounts, console=console, json_path=json_path)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)

@@ -153,7 +153,9 @@ class PaystreamClient:
         result: dict[str, Any] = await self.call("GET", f"/v1/accounts/{account_id}")
         return result
 
-    async def deposit(self, account_id: str, amount: int, currency: str = "USD", *, key: str | None = None) -> dict[str, Any]:
+    async def deposit(
+        self, account_id: str, amount: int, currency: str = "USD", *, key: str | None = None
+    ) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(
             "POST", "/v1/deposits",
             json_body={"account_id": account_id, "amount": amount, "currency": currency},
