@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -104,11 +104,17 @@ class Gateway:
             raise ApiError(400, "malformed_json", "Malformed JSON",
                            "the request body is not valid JSON") from None
         if not isinstance(data, dict):
-            raise ApiError(422, "validation_error", "Validation failed", "the body must be a JSON object")
+            raise _Invalid([{"type": "model_type", "loc": ("body",),
+                             "msg": "the body must be a JSON object"}])
         try:
             model.model_validate(data)
         except ValidationError as exc:
-            raise _Invalid(exc) from None
+            raise _Invalid(exc.errors(include_url=False)) from None
+        # PostgreSQL text cannot hold U+0000: refuse it here rather than fail with a 500
+        # downstream. The body matches its schema by now, so it is only a few levels deep.
+        nul = _nul_errors(data, ("body",))
+        if nul:
+            raise _Invalid(nul)
         return data
 
     # -- forwarding ----------------------------------------------------------------------
@@ -151,13 +157,20 @@ class Gateway:
                            f"this route needs the {route.scope} scope")
         correlation_id = request.headers.get("x-correlation-id", "")[:128] or uuid.uuid4().hex
         with bound(correlation_id=correlation_id, client_id=principal.client_id):
+            nul = [
+                *(_nul_error(("path", k)) for k, v in request.path_params.items() if "\x00" in v),
+                *(_nul_error(("query", k)) for k, v in request.query_params.multi_items()
+                  if "\x00" in k or "\x00" in v),
+            ]
+            if nul:
+                return validation_problem_from(nul)
             try:
                 body = (
                     await self.parse_body(request, route.body, route.body_required)
                     if route.body is not None else None
                 )
             except _Invalid as exc:
-                return validation_problem_from(exc.error)
+                return validation_problem_from(exc.errors)
             key = request.headers.get("idempotency-key")
             if key is None and route.idempotency == "required":
                 return problem(400, "idempotency_key_required", "Idempotency-Key required",
@@ -261,7 +274,7 @@ class Gateway:
         try:
             body = await self.parse_body(request, ClientCreate, True)
         except _Invalid as exc:
-            return validation_problem_from(exc.error)
+            return validation_problem_from(exc.errors)
         spec = ClientCreate.model_validate(body)
         async with self.pool.acquire() as conn:
             row, secret = await self.clients.create_client(
@@ -276,12 +289,34 @@ class Gateway:
 
 
 class _Invalid(Exception):
-    def __init__(self, error: ValidationError) -> None:
-        self.error = error
+    """A body that does not fit its schema; ``errors`` are pydantic-style error dicts."""
+
+    def __init__(self, errors: Sequence[Any]) -> None:
+        self.errors = errors
 
 
-def validation_problem_from(error: ValidationError) -> Response:
-    return validation_problem(RequestValidationError(error.errors(include_url=False)))
+def validation_problem_from(errors: Sequence[Any]) -> Response:
+    return validation_problem(RequestValidationError(errors))
+
+
+def _nul_error(loc: tuple[Any, ...]) -> dict[str, Any]:
+    return {"type": "string_nul", "loc": loc, "msg": "must not contain NUL (U+0000) characters"}
+
+
+def _nul_errors(value: Any, loc: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Where a parsed JSON value holds a string (or object key) containing U+0000."""
+    if isinstance(value, str):
+        return [_nul_error(loc)] if "\x00" in value else []
+    errors: list[dict[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                errors.append(_nul_error(loc))
+            errors += _nul_errors(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            errors += _nul_errors(item, (*loc, index))
+    return errors
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:
