@@ -21,6 +21,8 @@ run: $(STAMP)
 	$(BIN)/paystream up --home $(PAYSTREAM_HOME) --demo
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m mypy src
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -98,7 +98,7 @@ class PaymentRequiresReview(PaymentStatusChanged, frozen=True, kw_only=True):
 
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
-    cls.__event_type__[0]: cls  # type: ignore[attr-defined]
+    cls.__event_type__[0]: cls
     for cls in (
         PaymentInitiated,
         FraudApproved,

@@ -48,12 +48,12 @@ class AccountDirectory:
             found.update(stored)
             missing = [i for i in missing if i not in stored]
         for account_id in missing:
-            entry = await self._ask_ledger(caller, account_id)
-            if entry is not None:
+            answer = await self._ask_ledger(caller, account_id)
+            if answer is not None:
                 async with self._pool.acquire() as conn:
-                    await self._store.directory_put(conn, entry)
-                self._remember(entry)
-                found[account_id] = entry
+                    await self._store.directory_put(conn, answer)
+                self._remember(answer)
+                found[account_id] = answer
         return {i: e for i, e in found.items() if e.tenant_id == caller.tenant_id}
 
     async def _ask_ledger(self, caller: Caller, account_id: str) -> DirectoryEntry | None:

@@ -98,7 +98,7 @@ class PaymentHandlers:
                 if transition.public_event:
                     event_cls = EVENT_TYPES[transition.public_event]
                     out = make_envelope(
-                        event_cls(tenant_id=payment["tenant_id"], data=payment_view(payment)),  # type: ignore[call-arg]
+                        event_cls(tenant_id=payment["tenant_id"], data=payment_view(payment)),
                         partition_key=payment["source_account_id"] or payment["destination_account_id"],
                         correlation_id=envelope.correlation_id,
                         causation_id=envelope.id,

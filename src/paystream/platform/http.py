@@ -130,7 +130,8 @@ def install_error_handlers(app: FastAPI) -> None:
         status = exc.status_code
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, f"http_{status}")
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(status, "error")
-        return problem(status, code, _TITLES.get(status, "Error"), detail, headers=exc.headers)
+        return problem(status, code, _TITLES.get(status, "Error"), detail,
+                       headers=dict(exc.headers) if exc.headers else None)
 
     async def on_unavailable(_: Request, exc: Exception) -> Response:
         log.warning("dependency_unavailable", error=repr(exc))

@@ -11,7 +11,7 @@ close connections.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -40,7 +40,7 @@ from paystream.platform.outbox import Outbox, OutboxRelay
 
 log = get_logger(__name__)
 
-Worker = Callable[[asyncio.Event], Awaitable[None]]
+Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,7 +153,7 @@ def create_app(ctx: ServiceContext, parts: ServiceParts) -> FastAPI:
     ]
     relay = (
         OutboxRelay(
-            ctx.db, ctx.bus, channel=f"{ctx.name}_outbox", metrics=ctx.metrics,  # type: ignore[arg-type]
+            ctx.db, ctx.bus, channel=f"{ctx.name}_outbox", metrics=ctx.metrics,
             duplicate_delivery=ctx.settings.chaos_duplicate_delivery,
         )
         if ctx.needs.outbox and ctx.bus is not None and ctx.pool is not None

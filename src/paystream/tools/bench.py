@@ -64,7 +64,7 @@ class BenchPlan:
         for spec in transfers:
             assert spec.source is not None
             outflow[spec.source] += spec.amount
-        deposits = []
+        deposits: list[PaymentSpec] = []
         for wallet in wallets:
             count = max(1, math.ceil(outflow[wallet] / self.deposit_amount))
             deposits.extend(
