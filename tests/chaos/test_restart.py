@@ -8,11 +8,20 @@ import os
 import random
 import signal
 
+import psutil
+
 from paystream.tools.client import PaystreamClient
 from paystream.tools.invariants import check_invariants
 
 from ..e2e.stack import UpProcess, running_stack
 from .workload import Workload, balances, send_all, wait_terminal
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def _settle_and_check(stack: UpProcess, client: PaystreamClient, work: Workload) -> None:
@@ -44,9 +53,12 @@ async def test_stopping_the_stack_mid_run_and_starting_it_again_loses_nothing_ac
                 await asyncio.sleep(0.05)
             # SIGTERM while requests are in flight: the stack drains and stops.
             stop.set()
+            pids = stack.pids()
             code = await stack.stop()
             await sending
         assert code == 0
+        # Drained and stopped: no process of the stack is left behind.
+        assert [name for name, pid in pids.items() if _alive(pid)] == []
         accepted_before_restart = len(work.accepted)
         assert accepted_before_restart < len(transfers), "the stop came too late to test anything"
 

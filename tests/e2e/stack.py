@@ -97,6 +97,10 @@ class UpProcess:
         self.info = StackInfo.load(self.home)
         return self.info
 
+    def pids(self) -> dict[str, int]:
+        """Every process of the stack (servers and services) as stack.json names them."""
+        return dict(self._pids)
+
     def service_pid(self, name: str) -> int:
         """The pid of a running service or server (stack.json says; psutil confirms)."""
         recorded = int(json.loads((self.home / "stack.json").read_text())["pids"][name])
