@@ -44,6 +44,10 @@ def up(
     auto_ports: Annotated[bool, typer.Option("--auto-ports", help="Use any free ports.")] = False,
     port: Annotated[list[str], typer.Option("--port", help="NAME=PORT; a busy port is an error.")] = [],  # noqa: B006
     demo_payments: Annotated[int, typer.Option(help="Transfers the demo sends.")] = 3000,
+    allow_local_webhooks: Annotated[bool, typer.Option(
+        "--allow-local-webhooks",
+        help="Let webhooks reach loopback and private addresses (development; implied by --demo).",
+    )] = False,
 ) -> None:
     """Start PostgreSQL, NATS JetStream, Redis and every service; run until Ctrl-C."""
     from paystream.stack.up import UpError, UpOptions, run_up
@@ -51,6 +55,7 @@ def up(
     options = UpOptions(
         home=home, auto_ports=auto_ports, ports=_parse_ports(port), demo=demo,
         demo_args=["--payments", str(demo_payments)],
+        allow_local_webhooks=allow_local_webhooks or demo,
     )
     try:
         code = asyncio.run(run_up(options, console))

@@ -44,8 +44,12 @@ def _tail(path: Path, lines: int = 40) -> str:
 class UpProcess:
     """One `paystream up` on ``home``; `start` and `stop` may be called more than once."""
 
-    def __init__(self, home: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, env: Mapping[str, str] | None = None, *, allow_local_webhooks: bool = True
+    ) -> None:
         self.home = home
+        # The tests' webhook receivers listen on 127.0.0.1.
+        self.allow_local_webhooks = allow_local_webhooks
         self.output = home / "up.out"
         self._env = dict(env or {})
         self._process: subprocess.Popen[bytes] | None = None
@@ -72,7 +76,8 @@ class UpProcess:
         with open(self.output, "ab") as out:
             out.write(f"---- up started at {time.strftime('%H:%M:%S')}\n".encode())
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "paystream", "up", "--home", str(self.home), "--auto-ports"],
+                [sys.executable, "-m", "paystream", "up", "--home", str(self.home), "--auto-ports",
+                 *(["--allow-local-webhooks"] if self.allow_local_webhooks else [])],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -152,14 +157,15 @@ class UpProcess:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    env: Mapping[str, str] | None = None, *, prefix: str = "paystream-e2e-"
+    env: Mapping[str, str] | None = None, *, prefix: str = "paystream-e2e-",
+    allow_local_webhooks: bool = True,
 ) -> AsyncIterator[UpProcess]:
     """A started `UpProcess` on a fresh temporary home; stopped and removed afterwards.
 
     ``PAYSTREAM_E2E_KEEP=1`` keeps the home (logs, data) for a post-mortem.
     """
     home = Path(tempfile.mkdtemp(prefix=prefix))
-    stack = UpProcess(home, env)
+    stack = UpProcess(home, env, allow_local_webhooks=allow_local_webhooks)
     try:
         await stack.start()
         yield stack

@@ -9,17 +9,24 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Response
 
 from paystream.contracts.api import WebhookEndpointCreate
 from paystream.notifications.domain import new_secret
+from paystream.notifications.ssrf import url_problem
 from paystream.notifications.store import NotificationsStore, endpoint_view
 from paystream.platform.errors import Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 from paystream.platform.ids import has_prefix, new_id
 
 
-def install_routes(app: FastAPI, *, pool: asyncpg.Pool, store: NotificationsStore, auth: InternalAuth) -> None:
+def install_routes(
+    app: FastAPI, *, pool: asyncpg.Pool, store: NotificationsStore, auth: InternalAuth,
+    allow_private: bool,
+) -> None:
     router = APIRouter(prefix="/internal")
 
     @router.post("/webhook_endpoints", status_code=201)
     async def create_endpoint(body: WebhookEndpointCreate, caller: Caller = Depends(auth)) -> JSONResponse:
+        problem = url_problem(body.url, allow_private=allow_private)
+        if problem is not None:
+            raise Invalid(problem, code="webhook_url_forbidden")
         secret = new_secret()
         async with pool.acquire() as conn:
             row, created = await store.create_endpoint(

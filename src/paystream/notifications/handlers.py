@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from paystream.contracts.envelope import Envelope
 from paystream.contracts.events import WEBHOOK_EVENT_TYPES
+from paystream.notifications import ssrf
 from paystream.notifications.domain import SIGNATURE_HEADER, delivered, retry_delay, sign, wants
 from paystream.notifications.store import NotificationsStore
 from paystream.platform.config import Settings
@@ -99,7 +100,10 @@ class DeliveryWorker:
         if self._client is None:
             self._client = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._settings.webhook_timeout_seconds),
-                connector=aiohttp.TCPConnector(limit=self._settings.webhook_concurrency * 2),
+                connector=ssrf.connector(
+                    allow_private=self._settings.webhook_allow_private,
+                    limit=self._settings.webhook_concurrency * 2,
+                ),
                 headers={"user-agent": "paystream-webhooks/0.1"},
             )
         return self._client
@@ -108,8 +112,11 @@ class DeliveryWorker:
         attempts = row["attempts"] + 1
         status_code: int | None = None
         error: str | None = None
+        forbidden = ssrf.url_problem(row["url"], allow_private=self._settings.webhook_allow_private)
         if not row["enabled"]:
             error = "endpoint disabled"
+        elif forbidden is not None:
+            error = forbidden  # e.g. registered while local receivers were allowed
         else:
             body = bytes(row["body"])
             headers = {

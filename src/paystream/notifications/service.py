@@ -20,7 +20,8 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     auth = ctx.internal_auth()
 
     def install(app: FastAPI) -> None:
-        install_routes(app, pool=ctx.db, store=store, auth=auth)
+        install_routes(app, pool=ctx.db, store=store, auth=auth,
+                       allow_private=ctx.settings.webhook_allow_private)
 
     return ServiceParts(
         install=install,

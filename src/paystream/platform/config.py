@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     webhook_backoff_base_seconds: float = 1.0
     webhook_backoff_cap_seconds: float = 300.0
     webhook_concurrency: int = 32
+    # Off in production: webhooks may reach only public addresses (notifications/ssrf.py).
+    # `paystream up --allow-local-webhooks` (and `--demo`) turn it on for local receivers.
+    webhook_allow_private: bool = False
 
     # Logging.
     log_level: str = "info"

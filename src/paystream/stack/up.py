@@ -53,6 +53,7 @@ class UpOptions:
     ports: dict[str, int] = field(default_factory=dict)  # explicit ports: busy means an error
     demo: bool = False
     demo_args: list[str] = field(default_factory=list)
+    allow_local_webhooks: bool = False
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -124,10 +125,11 @@ async def ensure_admin_client(conn: asyncpg.Connection, path: Path) -> str:
 
 def _service_spec(
     name: str, *, home: Path, port: int, database_url: str, nats_url: str, redis_url: str,
-    internal_token: str, service_urls: dict[str, str],
+    internal_token: str, service_urls: dict[str, str], allow_local_webhooks: bool,
 ) -> ProcessSpec:
     env = os.environ.copy()
     env.update({
+        "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE": "true" if allow_local_webhooks else "false",
         "PAYSTREAM_HOME": str(home),
         "PAYSTREAM_DATABASE_URL": database_url,
         "PAYSTREAM_NATS_URL": nats_url,
@@ -220,9 +222,12 @@ class Stack:
                 nats_url=nats.url, redis_url=redis.url,
                 internal_token=secrets_["internal_token"],
                 service_urls={k: v for k, v in urls.items() if k != name},
+                allow_local_webhooks=self.options.allow_local_webhooks,
             )
             for name in SERVICES
         ]
+        if self.options.allow_local_webhooks:
+            self.say("[yellow]webhooks may reach local and private addresses (development only)[/yellow]")
         self.say("starting services: " + ", ".join(SERVICES))
         await self.supervisor.start(*specs)
         self.info = {

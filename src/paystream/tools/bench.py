@@ -152,7 +152,8 @@ async def run_bench_on_fresh_stack(
     home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
     log = open(home / "up.out", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "paystream", "up", "--home", str(home), "--auto-ports"],
+        [sys.executable, "-m", "paystream", "up", "--home", str(home), "--auto-ports",
+         "--allow-local-webhooks"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
