@@ -8,6 +8,7 @@ that needs its own configuration or kills things starts its own with `running_st
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,10 +17,16 @@ from paystream.tools.client import PaystreamClient
 
 from .stack import UpProcess, running_stack
 
+# Every test client signs in from 127.0.0.1: the shared stack's sign-in limit is raised so
+# that a whole session of tests is not one client's burst (test_rate_limits.py checks limits).
+SHARED_ENV = {"PAYSTREAM_RATE_LIMITS": json.dumps(
+    {"auth": "10000/60s", "money": "2000/1s", "write": "500/1s", "read": "2000/1s"}
+)}
+
 
 @pytest.fixture(scope="session")
 async def stack() -> AsyncIterator[UpProcess]:
-    async with running_stack(prefix="paystream-e2e-shared-") as up:
+    async with running_stack(SHARED_ENV, prefix="paystream-e2e-shared-") as up:
         yield up
 
 

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 
 from paystream.contracts.api import ClientCreate
 from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, parse_scope, valid_idempotency_key
-from paystream.gateway.routes import ROUTES, Route
+from paystream.gateway.ratelimit import LimiterUnavailable, RateLimiter
+from paystream.gateway.routes import ROUTES, Route, route_class
 from paystream.gateway.store import ClientStore, IdempotencyStore, secret_matches
 from paystream.gateway.tokens import InvalidToken, TokenService
 from paystream.platform.errors import DomainError
@@ -62,8 +63,10 @@ class Gateway:
         tokens: TokenService,
         services: dict[str, InternalClient],
         internal_token: str,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.pool = pool
+        self.limiter = limiter
         self.tokens = tokens
         self.services = services
         self.clients = ClientStore()
@@ -148,8 +151,34 @@ class Gateway:
             headers=headers,
         )
 
+    # -- rate limits ---------------------------------------------------------------------
+
+    async def rate_limit(self, route_class: str, request: Request, client_id: str | None) -> Response | None:
+        """None when the request may go on; else the 429 (or, failing closed, 503) to send."""
+        if self.limiter is None:
+            return None
+        subjects = [f"addr:{request.client.host if request.client else 'unknown'}"]
+        if client_id:
+            subjects.append(f"client:{client_id}")
+        try:
+            decision = await self.limiter.check(route_class, *subjects)
+        except LimiterUnavailable:
+            return problem(503, "rate_limiter_unavailable", "Service unavailable",
+                           "this request cannot be checked against its rate limit now; retry shortly",
+                           headers={"Retry-After": "5"})
+        if decision.allowed:
+            return None
+        return problem(429, "rate_limited", "Too many requests",
+                       f"the {route_class} rate limit ({decision.limit.count} per "
+                       f"{decision.limit.period:g}s) is exhausted; retry after the Retry-After delay",
+                       headers=decision.headers())
+
     async def handle(self, route: Route, request: Request) -> Response:
         principal = self.authenticate(request)
+        limited = await self.rate_limit(route_class(route), request,
+                                        principal.client_id if principal else None)
+        if limited is not None:
+            return limited
         if principal is None:
             return unauthorized()
         if route.scope not in principal.scopes:
@@ -246,6 +275,9 @@ class Gateway:
         basic = _basic_credentials(request.headers.get("authorization", ""))
         if basic is not None:
             client_id, client_secret = basic
+        limited = await self.rate_limit("auth", request, client_id[:64] if client_id else None)
+        if limited is not None:
+            return limited
         grant_type = form.get("grant_type")
         if grant_type != "client_credentials":
             return _oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")

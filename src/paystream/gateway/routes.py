@@ -100,3 +100,12 @@ ROUTES: tuple[Route, ...] = (
           "Decline a payment held for review", body=ReviewDecision, body_required=False,
           response=Review, idempotency="honoured"),
 )
+
+
+def route_class(route: Route) -> str:
+    """Which rate limit a route counts against: ``money``, ``write`` or ``read``."""
+    if route.method == "GET":
+        return "read"
+    if route.service == "payments" or route.path.startswith("/v1/reviews/"):
+        return "money"
+    return "write"

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from paystream.gateway.api import Gateway, install_routes
 from paystream.gateway.openapi import build_openapi
+from paystream.gateway.ratelimit import Limit, RateLimiter, redis_client
 from paystream.gateway.store import IdempotencyStore, KeyStore
 from paystream.gateway.tokens import ALGORITHM, TokenService, load_key, new_signing_key
 from paystream.platform.internal import InternalClient
@@ -55,7 +56,13 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         )
         for name in ROUTED_SERVICES
     }
-    gateway = Gateway(pool=ctx.db, tokens=tokens, services=services, internal_token=internal_token)
+    limiter_redis = redis_client(settings.redis_url, timeout=settings.redis_timeout)
+    limiter = RateLimiter(
+        limiter_redis, {name: Limit.parse(text) for name, text in settings.rate_limits.items()},
+        fail_closed=frozenset({"auth"}),
+    )
+    gateway = Gateway(pool=ctx.db, tokens=tokens, services=services, internal_token=internal_token,
+                      limiter=limiter)
     spec = build_openapi()
 
     def install(app: FastAPI) -> None:
@@ -96,6 +103,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     async def close_clients() -> None:
         for client in services.values():
             await client.close()
+        await limiter_redis.aclose()
 
     return ServiceParts(
         install=install,

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     # `paystream up --allow-local-webhooks` (and `--demo`) turn it on for local receivers.
     webhook_allow_private: bool = False
 
+    # Rate limits per route class, each for the API client and for the source address
+    # (gateway/ratelimit.py). "auth" is the token endpoint, which fails closed without Redis.
+    rate_limits: dict[str, str] = Field(default_factory=lambda: {
+        "auth": "60/60s", "money": "2000/1s", "write": "500/1s", "read": "2000/1s",
+    })
+
     # Logging.
     log_level: str = "info"
 
