@@ -1,4 +1,4 @@
-"""The `paystream` command: run the stack, serve one service, demo, bench, check invariants."""
+"""The `paystream` command: run the stack, serve one service, demo, bench, check invariants, verify the ledger."""
 
 from __future__ import annotations
 
@@ -130,6 +130,31 @@ def check(home: HomeOption = Path(".paystream")) -> None:
     from paystream.tools.invariants import check_from_home
 
     report = asyncio.run(check_from_home(home))
+    console.print(report.table())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+ledger_app = typer.Typer(help="Operator tools for the ledger.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    home: HomeOption = Path(".paystream"),
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", help="A superuser URL of the database (instead of HOME/stack.json).",
+    )] = None,
+    schema: Annotated[str, typer.Option(help="The ledger's schema.")] = "ledger",
+) -> None:
+    """Recompute the ledger's hash chain and balances from the database; exit 1 if anything is off."""
+    from paystream.ledger.verify import database_url_of, verify_database
+
+    try:
+        url = database_url or database_url_of(home)
+    except FileNotFoundError as exc:
+        console.print(f"[bold red]cannot verify:[/bold red] {exc}")
+        raise typer.Exit(2) from None
+    report = asyncio.run(verify_database(url, schema))
     console.print(report.table())
     raise typer.Exit(0 if report.ok else 1)
 

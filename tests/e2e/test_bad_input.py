@@ -829,3 +829,39 @@ async def test_nul_character_anywhere_is_a_422_not_a_500(
     async with changes_nothing(world):
         response = await world.admin.request(method, path, json_body=body, idempotency_key=_key())
         assert_invalid_field(response, field_name)
+
+
+# --------------------------------------------------------------------------- size limits
+
+
+async def test_a_body_declared_larger_than_the_limit_is_refused_before_it_is_read(world: World) -> None:
+    # Content-Length says 10 MB; only two bytes follow. The gateway must answer without them.
+    url = httpx.URL(world.info.gateway_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        b"POST /v1/accounts HTTP/1.1\r\nHost: gateway\r\n"
+        + f"Authorization: Bearer {await world.admin.token()}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n{}"
+    )
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"application/problem+json" in head.lower()
+
+
+async def test_a_streamed_body_past_the_limit_is_refused(world: World) -> None:
+    async def chunks() -> Any:
+        for _ in range(200):
+            yield b" " * 1024  # 200 KiB of whitespace, sent without a Content-Length
+
+    async with httpx.AsyncClient(base_url=world.info.gateway_url, timeout=10) as http:
+        response = await http.post(
+            "/v1/accounts", content=chunks(), headers={
+                "Authorization": f"Bearer {await world.admin.token()}",
+                "Content-Type": "application/json",
+            },
+        )
+    assert_problem(response, 413, "payload_too_large")

@@ -89,10 +89,7 @@ class Gateway:
     # -- body ----------------------------------------------------------------------------
 
     async def parse_body(self, request: Request, model: type[BaseModel], required: bool) -> Any:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, "payload_too_large", "Payload too large",
-                           f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        raw = await read_limited(request, MAX_BODY_BYTES)
         if not raw.strip():
             if not required:
                 return {}
@@ -261,8 +258,9 @@ class Gateway:
     # -- OAuth2 --------------------------------------------------------------------------
 
     async def token(self, request: Request) -> Response:
-        raw = await request.body()
-        if len(raw) > 8192:
+        try:
+            raw = await read_limited(request, 8192)
+        except ApiError:
             return _oauth_error(413, "invalid_request", "request too large")
         content_type = request.headers.get("content-type", "")
         if "application/x-www-form-urlencoded" not in content_type.lower():
@@ -410,3 +408,19 @@ def _object_id(content: bytes) -> str | None:
         return None
     end = content.find(b'"', 7)
     return content[7:end].decode("ascii", "replace") if 0 < end <= 80 else None
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes:
+    from its Content-Length before reading anything, or while it streams in."""
+    too_large = ApiError(413, "payload_too_large", "Payload too large",
+                         f"request bodies are limited to {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)

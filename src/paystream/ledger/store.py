@@ -2,7 +2,8 @@
 
 Posting locks the accounts a batch touches in id order (``ORDER BY id FOR UPDATE``),
 so concurrent batches never deadlock, then writes every change of the batch with a
-handful of set-based statements.
+handful of set-based statements. Entries are appended to the ledger's hash chain
+(`paystream.ledger.chain`) in the same transaction, after locking the chain's head.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from paystream.ledger.domain import AccountState, BatchResult, Posted, Rejected
+from paystream.ledger.chain import EntryFields, extend
+from paystream.ledger.domain import AccountState, BatchResult, Posted, Rejected, TransferRequest
 from paystream.platform.ids import new_id
 
 _ACCOUNT_COLUMNS = (
@@ -200,18 +202,7 @@ class LedgerStore:
                 [r.currency for r in posted],
                 now,
             )
-            legs = [(r, leg) for r in posted for leg in r.legs]
-            await conn.execute(
-                "INSERT INTO entries (transfer_id, account_id, direction, amount, currency, "
-                "created_at) SELECT *, $6::timestamptz FROM unnest($1::text[], $2::text[], "
-                "$3::text[], $4::bigint[], $5::text[])",
-                [r.transfer_id for r, _ in legs],
-                [leg.account_id for _, leg in legs],
-                [leg.direction for _, leg in legs],
-                [leg.amount for _, leg in legs],
-                [r.currency for r, _ in legs],
-                now,
-            )
+            await self._append_entries(conn, posted, now)
         rejected = [o for o in result.outcomes if isinstance(o, Rejected)]
         if rejected:
             await conn.execute(
@@ -221,3 +212,49 @@ class LedgerStore:
                 [o.request.external_ref for o in rejected],
                 [o.code for o in rejected],
             )
+
+    async def _append_entries(
+        self, conn: asyncpg.Connection, posted: list[TransferRequest], now: datetime
+    ) -> None:
+        """Insert the legs of ``posted`` as entries chained after the current head.
+
+        The head row is locked first and entry ids are drawn after it, so ids, seqs and
+        hashes all follow one order even if two writers ever raced. This is the only
+        path that writes entries; anything else would leave them unchained, which
+        `paystream ledger verify` reports.
+        """
+        legs = [(r, leg) for r in posted for leg in r.legs]
+        head = await conn.fetchrow("SELECT seq, hash FROM chain_head FOR UPDATE")
+        assert head is not None, "chain_head has its one row from migration 002"
+        ids = await conn.fetch(
+            "SELECT nextval(pg_get_serial_sequence('entries', 'id')) AS id "
+            "FROM generate_series(1, $1)",
+            len(legs),
+        )
+        fields = [
+            EntryFields(
+                id=row["id"], transfer_id=r.transfer_id, account_id=leg.account_id,
+                direction=leg.direction, amount=leg.amount, currency=r.currency, created_at=now,
+            )
+            for row, (r, leg) in zip(sorted(ids, key=lambda x: x["id"]), legs, strict=True)
+        ]
+        links = extend(head["seq"], bytes(head["hash"]), fields)
+        await conn.execute(
+            "INSERT INTO entries (id, transfer_id, account_id, direction, amount, currency, "
+            "seq, prev_hash, hash, created_at) SELECT *, $10::timestamptz FROM unnest("
+            "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
+            "$7::bigint[], $8::bytea[], $9::bytea[])",
+            [f.id for f in fields],
+            [f.transfer_id for f in fields],
+            [f.account_id for f in fields],
+            [f.direction for f in fields],
+            [f.amount for f in fields],
+            [f.currency for f in fields],
+            [link.seq for link in links],
+            [link.prev_hash for link in links],
+            [link.hash for link in links],
+            now,
+        )
+        await conn.execute(
+            "UPDATE chain_head SET seq = $1, hash = $2", links[-1].seq, links[-1].hash
+        )

@@ -1,0 +1,238 @@
+"""`paystream ledger verify`: the ledger's history checked from the database alone.
+
+Reads every transfer, entry and account of a ledger schema in one read-only snapshot
+(as the cluster's superuser, an operator's view) and recomputes, without trusting any
+derived column:
+
+* the hash chain: seq runs 1..n without gaps, each prev_hash is the previous entry's
+  hash (32 zero bytes for seq 1), each hash recomputes from the entry's content, and
+  ``chain_head`` names the last entry. Every entry must be chained: migration 002
+  chained the rows that predate it, so an entry without a seq was written around the
+  store and is reported as broken;
+* every transfer's legs sum to zero per currency, with at least two legs;
+* every account's running totals equal the sums of its entries;
+* no account that forbids overdraft is below zero.
+
+The checks are pure functions over rows; each names the first thing it found broken,
+since after a tamper the first break is where to look. The whole ledger is held in
+memory, which is fine for the sizes this runs on; a streaming fold is the next step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+from rich.table import Table
+
+from paystream.ledger.chain import GENESIS, EntryFields, entry_hash
+from paystream.ledger.domain import AccountState
+from paystream.tools.invariants import Check
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedEntry:
+    """An entry as stored: its content and its (possibly missing) place in the chain."""
+
+    fields: EntryFields
+    seq: int | None
+    prev_hash: bytes | None
+    hash: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    hash: bytes
+
+
+@dataclass
+class VerifyReport:
+    """The checks' outcomes, shown like `paystream check` shows the invariants."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def table(self) -> Table:
+        table = Table(title="Ledger verification")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("detail")
+        for check in self.checks:
+            table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
+        return table
+
+    def __str__(self) -> str:
+        return "\n".join(f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.detail}" for c in self.checks)
+
+
+# --------------------------------------------------------------------------- pure checks
+
+
+def check_chain(entries: Sequence[ChainedEntry], head: Head | None) -> Check:
+    """The hash chain recomputes end to end; the detail names the first broken entry."""
+    name = "hash chain intact"
+    unchained = sorted((e for e in entries if e.seq is None), key=lambda e: e.fields.id)
+    chained = sorted((e for e in entries if e.seq is not None), key=lambda e: e.seq or 0)
+    if unchained:
+        return Check(name, False, f"entry {unchained[0].fields.id} is not chained "
+                                  f"({len(unchained)} entries without a seq)")
+    prev, expected_seq = GENESIS, 1
+    for entry in chained:
+        problem = _link_problem(entry, prev, expected_seq)
+        if problem:
+            return Check(name, False, f"entry {entry.fields.id} (seq {entry.seq}): {problem}")
+        prev, expected_seq = entry_hash(prev, expected_seq, entry.fields), expected_seq + 1
+    last_seq = expected_seq - 1
+    if head is None:
+        return Check(name, False, "chain_head is missing")
+    if head.seq != last_seq or head.hash != prev:
+        return Check(name, False, f"chain_head (seq {head.seq}) does not match the last entry "
+                                  f"(seq {last_seq}): entries after it were removed or it was moved")
+    return Check(name, True, f"{last_seq} entries chained, head {prev.hex()[:16]}")
+
+
+def _link_problem(entry: ChainedEntry, prev: bytes, expected_seq: int) -> str | None:
+    """Why ``entry`` is not the valid link number ``expected_seq`` after ``prev``, if it is not."""
+    if entry.seq != expected_seq:
+        return f"expected seq {expected_seq}: entries are missing before it"
+    if entry.prev_hash != prev:
+        return "prev_hash does not link to the previous entry"
+    if entry.hash != entry_hash(prev, expected_seq, entry.fields):
+        return "hash does not match its content (the entry was changed)"
+    return None
+
+
+def check_transfers(transfer_ids: Sequence[str], entries: Iterable[ChainedEntry]) -> Check:
+    """Each transfer has at least two legs, summing to zero in each currency."""
+    legs: dict[str, int] = defaultdict(int)
+    sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for entry in entries:
+        f = entry.fields
+        legs[f.transfer_id] += 1
+        sums[f.transfer_id][f.currency] += f.amount if f.direction == "debit" else -f.amount
+    bad = [
+        t for t in sorted(transfer_ids)
+        if legs[t] < 2 or any(total != 0 for total in sums[t].values())
+    ]
+    if bad:
+        first = bad[0]
+        totals = ", ".join(f"{c} {n:+d}" for c, n in sorted(sums[first].items())) or "no legs"
+        return Check("transfers sum to zero", False,
+                     f"{len(bad)} transfers do not balance; first {first}: {legs[first]} legs, {totals}")
+    return Check("transfers sum to zero", True, f"{len(transfer_ids)} transfers, each balanced")
+
+
+def check_balances(accounts: Sequence[AccountState], entries: Iterable[ChainedEntry]) -> Check:
+    """Each account's posted totals equal the sums of its entries."""
+    debits: dict[str, int] = defaultdict(int)
+    credits: dict[str, int] = defaultdict(int)
+    for entry in entries:
+        side = debits if entry.fields.direction == "debit" else credits
+        side[entry.fields.account_id] += entry.fields.amount
+    bad = [
+        a for a in sorted(accounts, key=lambda a: a.id)
+        if a.debits_posted != debits[a.id] or a.credits_posted != credits[a.id]
+    ]
+    if bad:
+        a = bad[0]
+        return Check("balances equal their entries", False,
+                     f"{len(bad)} accounts differ; first {a.id}: totals debit {a.debits_posted} / "
+                     f"credit {a.credits_posted}, entries debit {debits[a.id]} / credit {credits[a.id]}")
+    return Check("balances equal their entries", True, f"{len(accounts)} accounts match their entries")
+
+
+def check_overdraft(accounts: Sequence[AccountState]) -> Check:
+    """No account that forbids overdraft has a negative available balance."""
+    bad = [a for a in sorted(accounts, key=lambda a: a.id) if not a.allow_overdraft and a.available < 0]
+    if bad:
+        return Check("no forbidden overdraft", False,
+                     f"{len(bad)} accounts overdrawn; first {bad[0].id}: available {bad[0].available}")
+    return Check("no forbidden overdraft", True, "none below zero")
+
+
+def verify_rows(
+    transfer_ids: Sequence[str],
+    entries: Sequence[ChainedEntry],
+    accounts: Sequence[AccountState],
+    head: Head | None,
+) -> VerifyReport:
+    """Every check over one snapshot of the ledger's rows."""
+    return VerifyReport([
+        check_chain(entries, head),
+        check_transfers(transfer_ids, entries),
+        check_balances(accounts, entries),
+        check_overdraft(accounts),
+    ])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _entry(row: asyncpg.Record) -> ChainedEntry:
+    return ChainedEntry(
+        fields=EntryFields(
+            id=row["id"], transfer_id=row["transfer_id"], account_id=row["account_id"],
+            direction=row["direction"], amount=row["amount"], currency=row["currency"],
+            created_at=row["created_at"],
+        ),
+        seq=row["seq"],
+        prev_hash=None if row["prev_hash"] is None else bytes(row["prev_hash"]),
+        hash=None if row["hash"] is None else bytes(row["hash"]),
+    )
+
+
+def _account(row: asyncpg.Record) -> AccountState:
+    return AccountState(
+        id=row["id"], tenant_id=row["tenant_id"], currency=row["currency"],
+        normal_balance=row["normal_balance"], allow_overdraft=row["allow_overdraft"],
+        debits_posted=row["debits_posted"], credits_posted=row["credits_posted"],
+        debits_pending=row["debits_pending"], credits_pending=row["credits_pending"],
+    )
+
+
+async def verify_connection(conn: asyncpg.Connection, schema: str = "ledger") -> VerifyReport:
+    """Verify ``schema`` through ``conn``, from one read-only snapshot."""
+    q = '"' + schema.replace('"', '""') + '"'
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        transfers = [r["id"] for r in await conn.fetch(f"SELECT id FROM {q}.transfers")]
+        entries = [_entry(r) for r in await conn.fetch(
+            "SELECT id, transfer_id, account_id, direction, amount, currency, created_at, "
+            f"seq, prev_hash, hash FROM {q}.entries"
+        )]
+        accounts = [_account(r) for r in await conn.fetch(
+            "SELECT id, tenant_id, currency, normal_balance, allow_overdraft, debits_posted, "
+            f"credits_posted, debits_pending, credits_pending FROM {q}.accounts"
+        )]
+        head_row = await conn.fetchrow(f"SELECT seq, hash FROM {q}.chain_head")
+    head = None if head_row is None else Head(head_row["seq"], bytes(head_row["hash"]))
+    return verify_rows(transfers, entries, accounts, head)
+
+
+async def verify_database(database_url: str, schema: str = "ledger") -> VerifyReport:
+    """Verify the ledger schema of the database at ``database_url`` (a superuser URL)."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        return await verify_connection(conn, schema)
+    finally:
+        await conn.close()
+
+
+def database_url_of(home: Path) -> str:
+    """The superuser URL that `paystream up` wrote to ``home/stack.json`` (nothing else is read)."""
+    stack_file = home / "stack.json"
+    if not stack_file.exists():
+        raise FileNotFoundError(f"no stack.json in {home}; pass --database-url or start `paystream up`")
+    url = json.loads(stack_file.read_text())["postgres_url"]
+    assert isinstance(url, str)
+    return url
