@@ -44,6 +44,9 @@ def up(
     auto_ports: Annotated[bool, typer.Option("--auto-ports", help="Use any free ports.")] = False,
     port: Annotated[list[str], typer.Option("--port", help="NAME=PORT; a busy port is an error.")] = [],  # noqa: B006
     demo_payments: Annotated[int, typer.Option(help="Transfers the demo sends.")] = 3000,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="Serve the gateway over HTTPS with a certificate from a local CA it makes.",
+    )] = False,
     allow_local_webhooks: Annotated[bool, typer.Option(
         "--allow-local-webhooks",
         help="Let webhooks reach loopback and private addresses (development; implied by --demo).",
@@ -56,6 +59,7 @@ def up(
         home=home, auto_ports=auto_ports, ports=_parse_ports(port), demo=demo,
         demo_args=["--payments", str(demo_payments)],
         allow_local_webhooks=allow_local_webhooks or demo,
+        tls=tls,
     )
     try:
         code = asyncio.run(run_up(options, console))

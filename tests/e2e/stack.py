@@ -45,8 +45,10 @@ class UpProcess:
     """One `paystream up` on ``home``; `start` and `stop` may be called more than once."""
 
     def __init__(
-        self, home: Path, env: Mapping[str, str] | None = None, *, allow_local_webhooks: bool = True
+        self, home: Path, env: Mapping[str, str] | None = None, *, allow_local_webhooks: bool = True,
+        tls: bool = False,
     ) -> None:
+        self.tls = tls
         self.home = home
         # The tests' webhook receivers listen on 127.0.0.1.
         self.allow_local_webhooks = allow_local_webhooks
@@ -77,7 +79,8 @@ class UpProcess:
             out.write(f"---- up started at {time.strftime('%H:%M:%S')}\n".encode())
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "paystream", "up", "--home", str(self.home), "--auto-ports",
-                 *(["--allow-local-webhooks"] if self.allow_local_webhooks else [])],
+                 *(["--allow-local-webhooks"] if self.allow_local_webhooks else []),
+                 *(["--tls"] if self.tls else [])],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -158,14 +161,14 @@ class UpProcess:
 @contextlib.asynccontextmanager
 async def running_stack(
     env: Mapping[str, str] | None = None, *, prefix: str = "paystream-e2e-",
-    allow_local_webhooks: bool = True,
+    allow_local_webhooks: bool = True, tls: bool = False,
 ) -> AsyncIterator[UpProcess]:
     """A started `UpProcess` on a fresh temporary home; stopped and removed afterwards.
 
     ``PAYSTREAM_E2E_KEEP=1`` keeps the home (logs, data) for a post-mortem.
     """
     home = Path(tempfile.mkdtemp(prefix=prefix))
-    stack = UpProcess(home, env, allow_local_webhooks=allow_local_webhooks)
+    stack = UpProcess(home, env, allow_local_webhooks=allow_local_webhooks, tls=tls)
     try:
         await stack.start()
         yield stack

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # `paystream up --allow-local-webhooks` (and `--demo`) turn it on for local receivers.
     webhook_allow_private: bool = False
 
+    # TLS: the gateway serves HTTPS (TLS 1.2+) when both are set (`paystream up --tls`).
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+
     # Rate limits per route class, each for the API client and for the source address
     # (gateway/ratelimit.py). "auth" is the token endpoint, which fails closed without Redis.
     rate_limits: dict[str, str] = Field(default_factory=lambda: {

@@ -37,6 +37,7 @@ from paystream.platform.http import (
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import Metrics, configure_logging, get_logger
 from paystream.platform.outbox import Outbox, OutboxRelay
+from paystream.platform.tls import server_context
 
 log = get_logger(__name__)
 
@@ -232,7 +233,13 @@ async def _serve(module: ModuleType, settings: Settings) -> None:
         timeout_graceful_shutdown=20,
         timeout_keep_alive=30,
         backlog=4096,
+        ssl_certfile=settings.tls_certfile if settings.tls_keyfile else None,
+        ssl_keyfile=settings.tls_keyfile if settings.tls_certfile else None,
     )
+    if config.is_ssl:
+        config.load()
+        assert settings.tls_certfile and settings.tls_keyfile
+        config.ssl = server_context(settings.tls_certfile, settings.tls_keyfile)
     server = uvicorn.Server(config)
     await server.serve()
 

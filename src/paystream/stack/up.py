@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from paystream.platform.observability import configure_logging
 from paystream.stack.ports import choose_port
 from paystream.stack.process import ProcessSpec, StartFailed, Supervisor
 from paystream.stack.servers import Nats, Postgres, Redis
+from paystream.stack.tls import TlsFiles, ensure_local_tls
 
 DEFAULT_PORTS: dict[str, int] = {
     "gateway": 8700, "ledger": 8701, "payments": 8702, "fraud": 8703, "notifications": 8704,
@@ -54,6 +56,7 @@ class UpOptions:
     demo: bool = False
     demo_args: list[str] = field(default_factory=list)
     allow_local_webhooks: bool = False
+    tls: bool = False  # the gateway serves HTTPS with a certificate from a local CA
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -126,6 +129,7 @@ async def ensure_admin_client(conn: asyncpg.Connection, path: Path) -> str:
 def _service_spec(
     name: str, *, home: Path, port: int, database_url: str, nats_url: str, redis_url: str,
     internal_token: str, service_urls: dict[str, str], allow_local_webhooks: bool,
+    tls: TlsFiles | None = None,
 ) -> ProcessSpec:
     env = os.environ.copy()
     env.update({
@@ -140,13 +144,18 @@ def _service_spec(
         "PAYSTREAM_SERVICE_URLS": json.dumps(service_urls),
         "PYTHONUNBUFFERED": "1",
     })
+    if tls is not None:
+        env["PAYSTREAM_TLS_CERTFILE"] = str(tls.server_cert)
+        env["PAYSTREAM_TLS_KEYFILE"] = str(tls.server_key)
+    scheme = "https" if tls is not None else "http"
 
     async def ready() -> bool:
         import httpx
 
         try:
-            async with httpx.AsyncClient(timeout=1.0) as client:
-                response = await client.get(f"http://127.0.0.1:{port}/readyz")
+            verify: Any = ssl.create_default_context(cafile=str(tls.ca_cert)) if tls is not None else True
+            async with httpx.AsyncClient(timeout=1.0, verify=verify) as client:
+                response = await client.get(f"{scheme}://127.0.0.1:{port}/readyz")
             return response.status_code == 200
         except httpx.HTTPError:
             return False
@@ -214,7 +223,10 @@ class Stack:
             await bus.close()
         self.say(f"streams and durable consumers provisioned ({len(STREAMS)} streams, {len(CONSUMERS)} consumers)")
 
+        tls = ensure_local_tls(self.home) if self.options.tls else None
         urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
+        if tls is not None:
+            urls["gateway"] = f"https://127.0.0.1:{ports['gateway']}"
         specs = [
             _service_spec(
                 name, home=self.home, port=ports[name],
@@ -223,6 +235,7 @@ class Stack:
                 internal_token=secrets_["internal_token"],
                 service_urls={k: v for k, v in urls.items() if k != name},
                 allow_local_webhooks=self.options.allow_local_webhooks,
+                tls=tls if name == "gateway" else None,
             )
             for name in SERVICES
         ]
@@ -240,10 +253,14 @@ class Stack:
             "supervisor_pid": os.getpid(),
             "home": str(self.home),
             "started_at": datetime.now(UTC).isoformat(),
+            "ca_file": str(tls.ca_cert) if tls is not None else None,
         }
         _write_private(self.home / "stack.json", self.info)
         self.say(f"[bold green]paystream is up[/bold green]: {urls['gateway']}  "
                  f"(state in {self.home}, logs in {self.home / 'logs'})")
+        if tls is not None:
+            self.say(f"TLS 1.2+ from a local CA; trust it with `curl --cacert {tls.ca_cert}`, "
+                     f"SSL_CERT_FILE={tls.ca_cert} for Python, or your OS trust store")
 
     async def stop(self) -> None:
         self.say("stopping: gateway first, then services drain, then servers …")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class StackInfo:
     operations_urls: dict[str, str]
     client_id: str
     client_secret: str
+    ca_file: str | None = None  # the local CA's certificate when the gateway serves TLS
 
     @classmethod
     def load(cls, home: Path) -> StackInfo:
@@ -45,6 +47,7 @@ class StackInfo:
             operations_urls=stack["operations_urls"],
             client_id=admin["client_id"],
             client_secret=admin["client_secret"],
+            ca_file=stack.get("ca_file"),
         )
 
 
@@ -70,7 +73,7 @@ class PaystreamClient:
 
     def __init__(
         self, base_url: str, client_id: str, client_secret: str, *, max_connections: int = 100,
-        timeout: float = 30.0,
+        timeout: float = 30.0, ca_file: str | None = None,
     ) -> None:
         self._client_id = client_id
         self._client_secret = client_secret
@@ -82,6 +85,7 @@ class PaystreamClient:
             httpx.AsyncClient(
                 base_url=base_url,
                 timeout=timeout,
+                verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
                 limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
             )
             for _ in range(pools)
@@ -95,7 +99,7 @@ class PaystreamClient:
 
     @classmethod
     def for_stack(cls, info: StackInfo, **kwargs: Any) -> PaystreamClient:
-        return cls(info.gateway_url, info.client_id, info.client_secret, **kwargs)
+        return cls(info.gateway_url, info.client_id, info.client_secret, ca_file=info.ca_file, **kwargs)
 
     async def __aenter__(self) -> PaystreamClient:
         return self
