@@ -128,6 +128,24 @@ def bench(
     raise typer.Exit(0 if ok else 1)
 
 
+keys_app = typer.Typer(help="Signing keys of the access tokens.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate(home: HomeOption = Path(".paystream")) -> None:
+    """Add a new signing key; the old ones keep verifying until their tokens have expired."""
+    from paystream.gateway.keys import rotate_signing_key
+
+    try:
+        kid, retire_at = asyncio.run(rotate_signing_key(home))
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"new signing key [bold]{kid}[/bold] signs from the gateway's next key refresh; "
+                  f"earlier keys verify until {retire_at:%Y-%m-%d %H:%M:%S %Z}")
+
+
 @app.command()
 def check(home: HomeOption = Path(".paystream")) -> None:
     """Check the money invariants against the running stack's database."""

@@ -781,3 +781,24 @@ async def test_gateway_client_secret_is_stored_only_as_a_hash(gateway: Any) -> N
     assert secret not in stored["secret_hash"]
     assert secret_matches(secret, stored["secret_hash"])
     assert not secret_matches(secret + "x", stored["secret_hash"])
+
+
+async def test_rotating_keys_retires_the_old_ones_once_their_tokens_have_expired(make_schema: Any) -> None:
+    from paystream.gateway.store import KeyStore
+    from paystream.gateway.tokens import ALGORITHM, new_signing_key
+
+    db = await make_schema("gateway")
+    store = KeyStore()
+    async with db.pool.acquire() as conn:
+        first, pem, jwk = new_signing_key()
+        await store.add_key(conn, kid=first, algorithm=ALGORITHM, private_pem=pem, public_jwk=jwk)
+        second, pem, jwk = new_signing_key()
+        await store.rotate(conn, kid=second, algorithm=ALGORITHM, private_pem=pem, public_jwk=jwk,
+                           verify_for_seconds=900)
+        # Both verify while tokens of the first may still be alive; the newest signs.
+        assert [r["kid"] for r in await store.active_keys(conn)] == [first, second]
+        third, pem, jwk = new_signing_key()
+        await store.rotate(conn, kid=third, algorithm=ALGORITHM, private_pem=pem, public_jwk=jwk,
+                           verify_for_seconds=0)
+        # With nothing left to verify, the earlier keys are gone at once.
+        assert [r["kid"] for r in await store.active_keys(conn)] == [third]

@@ -73,7 +73,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         """Pick up keys added by `paystream keys rotate` (or retired) while running."""
         while not stopping.is_set():
             try:
-                await asyncio.wait_for(stopping.wait(), timeout=15.0)
+                await asyncio.wait_for(stopping.wait(), timeout=settings.signing_keys_refresh_seconds)
             except TimeoutError:
                 pass
             try:

@@ -49,10 +49,29 @@ class ClientStore:
 
 class KeyStore:
     async def active_keys(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        """Keys that verify now: never retired, or retiring later (the newest signs)."""
         return await conn.fetch(
-            "SELECT kid, algorithm, private_pem, public_jwk, created_at FROM signing_keys "
-            "WHERE retired_at IS NULL ORDER BY created_at"
+            "SELECT kid, algorithm, private_pem, public_jwk, created_at, retired_at FROM signing_keys "
+            "WHERE retired_at IS NULL OR retired_at > now() ORDER BY created_at"
         )
+
+    async def rotate(
+        self, conn: asyncpg.Connection, *, kid: str, algorithm: str, private_pem: str,
+        public_jwk: dict[str, Any], verify_for_seconds: float,
+    ) -> datetime:
+        """Add a signing key; every key in use until now retires once the tokens it signed
+        have expired (``verify_for_seconds`` from now). Returns that instant."""
+        async with conn.transaction():
+            retire_at: datetime = await conn.fetchval(
+                "SELECT now() + make_interval(secs => $1)", verify_for_seconds
+            )
+            await conn.execute(
+                "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL OR retired_at > $1",
+                retire_at,
+            )
+            await self.add_key(conn, kid=kid, algorithm=algorithm, private_pem=private_pem,
+                               public_jwk=public_jwk)
+        return retire_at
 
     async def add_key(
         self, conn: asyncpg.Connection, *, kid: str, algorithm: str, private_pem: str, public_jwk: dict[str, Any]

@@ -77,7 +77,10 @@ class TokenService:
         self._cache: dict[str, Principal] = {}
 
     def set_keys(self, keys: list[SigningKey]) -> None:
-        self._keys = {k.kid: k for k in keys}
+        new = {k.kid: k for k in keys}
+        if set(self._keys) - set(new):
+            self._cache.clear()  # a key was withdrawn: nothing it vouched for stays cached
+        self._keys = new
 
     @property
     def has_keys(self) -> bool:

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     token_audience: str = "paystream-api"  # noqa: S105 - a name, not a secret
     token_ttl_seconds: int = 900
     idempotency_ttl_hours: int = 48
+    # How often a gateway looks for keys added by `paystream keys rotate`.
+    signing_keys_refresh_seconds: float = 15.0
 
     # Fraud rules (amounts in minor units, whatever the currency).
     fraud_amount_limit: int = 500_000
