@@ -146,6 +146,40 @@ def keys_rotate(home: HomeOption = Path(".paystream")) -> None:
                   f"earlier keys verify until {retire_at:%Y-%m-%d %H:%M:%S %Z}")
 
 
+audit_app = typer.Typer(help="The audit log of state-changing requests.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(home: HomeOption = Path(".paystream")) -> None:
+    """Recompute the audit log's hash chain from the database and name any broken link."""
+    from paystream.gateway.audit import verify
+    from paystream.gateway.keys import gateway_pool
+
+    async def run() -> object:
+        pool = await gateway_pool(home)
+        try:
+            async with pool.acquire() as conn:
+                return await verify(conn)
+        finally:
+            await pool.close()
+
+    try:
+        report = asyncio.run(run())
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    from paystream.gateway.audit import VerifyReport
+
+    assert isinstance(report, VerifyReport)
+    console.print(f"audit log: {report.records} records, {report.chained} chained")
+    for problem in report.problems:
+        console.print(f"[red]BROKEN[/red] {problem}")
+    if report.ok:
+        console.print("[green]the chain is intact[/green]")
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @app.command()
 def check(home: HomeOption = Path(".paystream")) -> None:
     """Check the money invariants against the running stack's database."""

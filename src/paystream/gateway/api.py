@@ -22,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from paystream.contracts.api import ClientCreate
+from paystream.gateway.audit import AuditRecord
+from paystream.gateway.audit import append as append_audit
 from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, parse_scope, valid_idempotency_key
 from paystream.gateway.ratelimit import LimiterUnavailable, RateLimiter
 from paystream.gateway.routes import ROUTES, Route, route_class
@@ -170,8 +172,46 @@ class Gateway:
                        f"{decision.limit.period:g}s) is exhausted; retry after the Retry-After delay",
                        headers=decision.headers())
 
+    # -- audit ---------------------------------------------------------------------------
+
+    async def audited(
+        self, action: str, request: Request, call: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Run a state-changing request and append its audit record, whatever the outcome."""
+        status, response = 500, None
+        try:
+            response = await call(request)
+            status = response.status_code
+            return response
+        except DomainError as exc:
+            status = exc.status
+            raise
+        finally:
+            await self._audit(action, request, status, response)
+
+    async def _audit(self, action: str, request: Request, status: int, response: Response | None) -> None:
+        principal: Principal | None = getattr(request.state, "principal", None)
+        record = AuditRecord(
+            actor=principal.client_id if principal else getattr(request.state, "actor", None) or "anonymous",
+            user_id=principal.user_id if principal else None,
+            tenant_id=principal.tenant_id if principal else None,
+            source=request.client.host if request.client else "unknown",
+            action=action,
+            outcome=status,
+            object_id=getattr(request.state, "object_id", None) or (
+                _object_id(bytes(response.body)) if response is not None and status < 300 else None
+            ),
+            correlation_id=response.headers.get("x-correlation-id") if response is not None else None,
+        )
+        try:
+            async with self.pool.acquire() as conn:
+                await append_audit(conn, record)
+        except Exception as exc:  # the request happened; losing its record must be loud
+            log.error("audit_append_failed", action=action, outcome=status, error=repr(exc))
+
     async def handle(self, route: Route, request: Request) -> Response:
         principal = self.authenticate(request)
+        request.state.principal = principal
         limited = await self.rate_limit(route_class(route), request,
                                         principal.client_id if principal else None)
         if limited is not None:
@@ -273,6 +313,7 @@ class Gateway:
         basic = _basic_credentials(request.headers.get("authorization", ""))
         if basic is not None:
             client_id, client_secret = basic
+        request.state.actor = client_id[:64] if client_id else None
         limited = await self.rate_limit("auth", request, client_id[:64] if client_id else None)
         if limited is not None:
             return limited
@@ -297,6 +338,7 @@ class Gateway:
 
     async def create_client(self, request: Request) -> Response:
         principal = self.authenticate(request)
+        request.state.principal = principal
         if principal is None:
             return unauthorized()
         if "admin" not in principal.scopes:
@@ -310,6 +352,7 @@ class Gateway:
             row, secret = await self.clients.create_client(
                 conn, tenant_id=spec.tenant, name=spec.name, scopes=spec.scopes
             )
+        request.state.object_id = row["id"]
         log.info("client_created", new_client_id=row["id"], tenant=spec.tenant, by=principal.client_id)
         return JSONResponse(
             {"client_id": row["id"], "client_secret": secret, "name": row["name"],
@@ -385,9 +428,15 @@ def install_routes(app: FastAPI, gateway: Gateway) -> None:
     async def jwks() -> Response:
         return JSONResponse(gateway.tokens.jwks(), headers={"Cache-Control": "max-age=60"})
 
-    app.add_api_route("/oauth/token", gateway.token, methods=["POST"], include_in_schema=False)
+    async def token(request: Request) -> Response:
+        return await gateway.audited("POST /oauth/token", request, gateway.token)
+
+    async def create_client(request: Request) -> Response:
+        return await gateway.audited("POST /v1/clients", request, gateway.create_client)
+
+    app.add_api_route("/oauth/token", token, methods=["POST"], include_in_schema=False)
     app.add_api_route("/.well-known/jwks.json", jwks, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/v1/clients", gateway.create_client, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/clients", create_client, methods=["POST"], include_in_schema=False)
     for route in ROUTES:
         app.add_api_route(
             route.path, _endpoint(gateway, route), methods=[route.method],
@@ -396,10 +445,17 @@ def install_routes(app: FastAPI, gateway: Gateway) -> None:
 
 
 def _endpoint(gateway: Gateway, route: Route) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        return await gateway.handle(route, request)
+    if route.method == "GET":
+        async def read(request: Request) -> Response:
+            return await gateway.handle(route, request)
 
-    return endpoint
+        return read
+    action = f"{route.method} {route.path}"
+
+    async def change(request: Request) -> Response:
+        return await gateway.audited(action, request, lambda r: gateway.handle(route, r))
+
+    return change
 
 
 def _object_id(content: bytes) -> str | None:

@@ -9,6 +9,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from paystream.gateway.api import Gateway, install_routes
+from paystream.gateway.audit import run_chainer
 from paystream.gateway.openapi import build_openapi
 from paystream.gateway.ratelimit import Limit, RateLimiter, redis_client
 from paystream.gateway.store import IdempotencyStore, KeyStore
@@ -97,6 +98,9 @@ async def build(ctx: ServiceContext) -> ServiceParts:
             except TimeoutError:
                 pass
 
+    async def chain_audit(stopping: asyncio.Event) -> None:
+        await run_chainer(ctx.db, stopping)
+
     async def keys_loaded() -> str | None:
         return None if tokens.has_keys else "no signing keys"
 
@@ -108,7 +112,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     return ServiceParts(
         install=install,
         public=True,
-        workers=[refresh_keys, purge_idempotency_keys],
+        workers=[refresh_keys, purge_idempotency_keys, chain_audit],
         readiness=[keys_loaded],
         closers=[close_clients],
     )

@@ -1,0 +1,169 @@
+"""The audit log: one append-only, hash-chained record per state-changing request.
+
+A request appends its record with one INSERT (durable before the response is sent, and
+without any lock, so the hot path never queues behind other requests). The chainer, a
+gateway worker, then links the new records in order: under the ``audit_head`` row lock
+it gives each the next ``chain_seq`` and ``hash = sha256(prev_hash || canonical record)``.
+The database refuses any change to a chained record and any deletion, for everyone but
+a superuser with triggers off — and `verify` (``paystream audit verify``) finds that too:
+it recomputes every hash from the rows alone and names the first record that breaks the
+chain, a gap in the sequence, or a head that does not match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from paystream.platform.observability import get_logger
+
+log = get_logger(__name__)
+
+GENESIS = bytes(32)
+CHAIN_BATCH = 1_000
+# A record still unchained after this long means the chainer is not running.
+UNCHAINED_GRACE_SECONDS = 60
+
+_FIELDS = ("id", "at", "tenant_id", "actor", "user_id", "source", "action", "object_id",
+           "outcome", "correlation_id")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    actor: str
+    source: str
+    action: str
+    outcome: int
+    tenant_id: str | None = None
+    user_id: str | None = None
+    object_id: str | None = None
+    correlation_id: str | None = None
+
+
+def record_hash(prev_hash: bytes, chain_seq: int, row: Any) -> bytes:
+    """The chain link of one record: its content, its place, and the link before it."""
+    content = {name: row[name] for name in _FIELDS}
+    at: datetime = content["at"]
+    content["at"] = at.isoformat()
+    content["chain_seq"] = chain_seq
+    return hashlib.sha256(prev_hash + orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+async def append(conn: asyncpg.Connection, record: AuditRecord) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (tenant_id, actor, user_id, source, action, object_id, outcome, "
+        "correlation_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        record.tenant_id, record.actor[:128], record.user_id, record.source[:64],
+        record.action[:200], record.object_id, record.outcome, record.correlation_id,
+    )
+
+
+async def chain_pending(conn: asyncpg.Connection, *, limit: int = CHAIN_BATCH) -> int:
+    """Link the records appended since the last call; returns how many were linked."""
+    async with conn.transaction():
+        head = await conn.fetchrow("SELECT seq, hash FROM audit_head FOR UPDATE")
+        rows = await conn.fetch(
+            f"SELECT {', '.join(_FIELDS)} FROM audit_log WHERE hash IS NULL ORDER BY id LIMIT $1",
+            limit,
+        )
+        if not rows:
+            return 0
+        seq, prev = int(head["seq"]), bytes(head["hash"])
+        ids, seqs, prevs, hashes = [], [], [], []
+        for row in rows:
+            seq += 1
+            digest = record_hash(prev, seq, row)
+            ids.append(row["id"])
+            seqs.append(seq)
+            prevs.append(prev)
+            hashes.append(digest)
+            prev = digest
+        await conn.execute(
+            "UPDATE audit_log AS a SET chain_seq = c.seq, prev_hash = c.prev, hash = c.hash "
+            "FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]) AS c(id, seq, prev, hash) "
+            "WHERE a.id = c.id",
+            ids, seqs, prevs, hashes,
+        )
+        await conn.execute("UPDATE audit_head SET seq = $1, hash = $2", seq, prev)
+    return len(rows)
+
+
+async def run_chainer(pool: asyncpg.Pool, stopping: asyncio.Event, interval: float = 0.5) -> None:
+    """Gateway worker: keep the chain up to date until told to stop (then once more)."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                while await chain_pending(conn) == CHAIN_BATCH:
+                    pass
+        except Exception as exc:
+            log.warning("audit_chain_failed", error=repr(exc))
+        if stopping.is_set():
+            return
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    records: int
+    chained: int
+    problems: list[str]
+    stale_unchained: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_rows(rows: Sequence[Any], head: Any, *, stale_unchained: int = 0) -> VerifyReport:
+    """Recompute the chain over ``rows`` (every record, ordered by chain_seq, unchained last)."""
+    problems: list[str] = []
+    prev, expected_seq = GENESIS, 0
+    chained = 0
+    for row in rows:
+        if row["hash"] is None:
+            continue
+        chained += 1
+        expected_seq += 1
+        if row["chain_seq"] != expected_seq:
+            problems.append(f"record {row['id']}: chain position {row['chain_seq']}, expected "
+                            f"{expected_seq} (a record is missing before it)")
+            break
+        if bytes(row["prev_hash"]) != prev:
+            problems.append(f"record {row['id']} (#{expected_seq}): does not link to the record before it")
+            break
+        if record_hash(prev, expected_seq, row) != bytes(row["hash"]):
+            problems.append(f"record {row['id']} (#{expected_seq}): its content does not match its hash "
+                            "(changed after it was written)")
+            break
+        prev = bytes(row["hash"])
+    if not problems and (int(head["seq"]) != expected_seq or bytes(head["hash"]) != prev):
+        problems.append(f"the chain head says {head['seq']} records, the log holds {expected_seq} "
+                        "(records were removed from the end)")
+    if stale_unchained:
+        problems.append(f"{stale_unchained} records older than {UNCHAINED_GRACE_SECONDS}s are not "
+                        "chained (is the gateway's chainer running?)")
+    return VerifyReport(len(rows), chained, problems, stale_unchained)
+
+
+async def verify(conn: asyncpg.Connection) -> VerifyReport:
+    """Read the audit log (search_path = the gateway's schema) and check the whole chain."""
+    rows = await conn.fetch(
+        f"SELECT {', '.join(_FIELDS)}, chain_seq, prev_hash, hash FROM audit_log "
+        "ORDER BY chain_seq NULLS LAST, id"
+    )
+    head = await conn.fetchrow("SELECT seq, hash FROM audit_head")
+    stale = await conn.fetchval(
+        "SELECT count(*) FROM audit_log WHERE hash IS NULL "
+        "AND at < clock_timestamp() - make_interval(secs => $1)", UNCHAINED_GRACE_SECONDS,
+    )
+    return verify_rows(rows, head, stale_unchained=int(stale))
