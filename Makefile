@@ -23,6 +23,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m mypy src
+	$(BIN)/bandit --quiet --recursive src --severity-level high
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
