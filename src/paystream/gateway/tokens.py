@@ -152,6 +152,10 @@ class TokenService:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"rejected: {exc}") from exc
+        # RFC 7519 NumericDate: a JSON number. PyJWT would also take "9999999999" (a string).
+        for name in ("exp", "nbf", "iat"):
+            if type(claims[name]) not in (int, float):
+                raise InvalidToken(f"{name} is not a NumericDate")
         tenant = claims.get("tenant")
         client_id = claims.get("client_id")
         scope = claims.get("scope", "")
