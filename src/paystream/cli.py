@@ -201,16 +201,25 @@ def ledger_verify(
         "--database-url", help="A superuser URL of the database (instead of HOME/stack.json).",
     )] = None,
     schema: Annotated[str, typer.Option(help="The ledger's schema.")] = "ledger",
+    key: Annotated[Path | None, typer.Option(
+        "--key", help="Ed25519 PEM of the checkpoints (default HOME/ledger-checkpoint-key.pem; made if missing).",
+    )] = None,
+    sign: Annotated[bool, typer.Option(
+        "--sign/--no-sign", help="Sign the checkpoints due when the ledger verifies (else read only).",
+    )] = True,
 ) -> None:
-    """Recompute the ledger's hash chain and balances from the database; exit 1 if anything is off."""
+    """Recompute the ledger's hash chain, balances and checkpoints from the database; exit 1 if anything is off."""
+    from paystream.ledger.checkpoints import load_or_create_key
     from paystream.ledger.verify import database_url_of, verify_database
 
+    key_path = key or home / "ledger-checkpoint-key.pem"
     try:
         url = database_url or database_url_of(home)
-    except FileNotFoundError as exc:
+        private = load_or_create_key(key_path) if sign or key_path.exists() else None
+    except (FileNotFoundError, ValueError) as exc:
         console.print(f"[bold red]cannot verify:[/bold red] {exc}")
         raise typer.Exit(2) from None
-    report = asyncio.run(verify_database(url, schema))
+    report = asyncio.run(verify_database(url, schema, key=private, sign=sign))
     console.print(report.table())
     raise typer.Exit(0 if report.ok else 1)
 

@@ -11,7 +11,12 @@ derived column:
   store and is reported as broken;
 * every transfer's legs sum to zero per currency, with at least two legs;
 * every account's running totals equal the sums of its entries;
-* no account that forbids overdraft is below zero.
+* no account that forbids overdraft is below zero;
+* every signed checkpoint (`paystream.ledger.checkpoints`) matches the chain, and, given
+  the key, carries a valid signature of it.
+
+Given the checkpoint key, and only when every check passed, it then signs the
+checkpoints that are due (every 1000 entries and the head): the one write it makes.
 
 The checks are pure functions over rows; each names the first thing it found broken,
 since after a tamper the first break is where to look. The whole ledger is held in
@@ -27,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from rich.table import Table
 
+from paystream.ledger import checkpoints as cp
 from paystream.ledger.chain import GENESIS, EntryFields, entry_hash
 from paystream.ledger.domain import AccountState
 from paystream.tools.invariants import Check
@@ -48,6 +55,14 @@ class ChainedEntry:
 class Head:
     seq: int
     hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    seq: int
+    hash: bytes
+    key_id: str
+    signature: bytes
 
 
 @dataclass
@@ -161,11 +176,38 @@ def check_overdraft(accounts: Sequence[AccountState]) -> Check:
     return Check("no forbidden overdraft", True, "none below zero")
 
 
+def check_checkpoints(
+    checkpoints: Sequence[Checkpoint], entries: Sequence[ChainedEntry], public: Ed25519PublicKey | None
+) -> Check:
+    """Each checkpoint names a hash the chain still has at its seq, signed by ``public`` when given.
+
+    A chain rewritten and rehashed from some entry on passes `check_chain`, but not this.
+    """
+    name = "checkpoints match the chain"
+    hashes = {e.seq: e.hash for e in entries if e.seq is not None}
+    for point in sorted(checkpoints, key=lambda c: c.seq):
+        if hashes.get(point.seq) != point.hash:
+            return Check(name, False, f"checkpoint at seq {point.seq} does not match the chain: "
+                                      "history up to it was rewritten")
+        if public is not None and point.key_id != cp.key_id(public):
+            return Check(name, False, f"checkpoint at seq {point.seq} was signed by another key "
+                                      f"({point.key_id})")
+        if public is not None and not cp.signature_ok(public, point.seq, point.hash, point.signature):
+            return Check(name, False, f"checkpoint at seq {point.seq} has an invalid signature")
+    if not checkpoints:
+        return Check(name, True, "no checkpoints yet")
+    signatures = "signatures valid" if public is not None else "signatures not checked (no key)"
+    return Check(name, True, f"{len(checkpoints)} checkpoints, last at seq "
+                             f"{max(c.seq for c in checkpoints)}, {signatures}")
+
+
 def verify_rows(
     transfer_ids: Sequence[str],
     entries: Sequence[ChainedEntry],
     accounts: Sequence[AccountState],
     head: Head | None,
+    checkpoints: Sequence[Checkpoint] = (),
+    public: Ed25519PublicKey | None = None,
 ) -> VerifyReport:
     """Every check over one snapshot of the ledger's rows."""
     return VerifyReport([
@@ -173,6 +215,7 @@ def verify_rows(
         check_transfers(transfer_ids, entries),
         check_balances(accounts, entries),
         check_overdraft(accounts),
+        check_checkpoints(checkpoints, entries, public),
     ])
 
 
@@ -201,9 +244,20 @@ def _account(row: asyncpg.Record) -> AccountState:
     )
 
 
-async def verify_connection(conn: asyncpg.Connection, schema: str = "ledger") -> VerifyReport:
-    """Verify ``schema`` through ``conn``, from one read-only snapshot."""
-    q = '"' + schema.replace('"', '""') + '"'
+async def verify_connection(
+    conn: asyncpg.Connection,
+    schema: str = "ledger",
+    *,
+    key: Ed25519PrivateKey | None = None,
+    sign: bool = False,
+    every: int = cp.EVERY,
+) -> VerifyReport:
+    """Verify ``schema`` through ``conn``, from one read-only snapshot.
+
+    ``key`` checks the checkpoints' signatures; with ``sign`` too, a clean ledger gets the
+    checkpoints that are due (each ``every`` entries, and the head).
+    """
+    q = _quoted(schema)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         transfers = [r["id"] for r in await conn.fetch(f"SELECT id FROM {q}.transfers")]
         entries = [_entry(r) for r in await conn.fetch(
@@ -215,15 +269,58 @@ async def verify_connection(conn: asyncpg.Connection, schema: str = "ledger") ->
             f"credits_posted, debits_pending, credits_pending FROM {q}.accounts"
         )]
         head_row = await conn.fetchrow(f"SELECT seq, hash FROM {q}.chain_head")
+        points = [
+            Checkpoint(r["seq"], bytes(r["hash"]), r["key_id"], bytes(r["signature"]))
+            for r in await conn.fetch(f"SELECT seq, hash, key_id, signature FROM {q}.checkpoints")
+        ]
     head = None if head_row is None else Head(head_row["seq"], bytes(head_row["hash"]))
-    return verify_rows(transfers, entries, accounts, head)
+    report = verify_rows(transfers, entries, accounts, head, points, key.public_key() if key else None)
+    if key is not None and sign:
+        report.checks.append(
+            await _sign_due(conn, schema, key, entries, points, every) if report.ok
+            else Check("checkpoints signed", True, "none: a ledger that fails verification is never signed")
+        )
+    return report
 
 
-async def verify_database(database_url: str, schema: str = "ledger") -> VerifyReport:
+def _quoted(schema: str) -> str:
+    return '"' + schema.replace('"', '""') + '"'
+
+
+async def _sign_due(
+    conn: asyncpg.Connection,
+    schema: str,
+    key: Ed25519PrivateKey,
+    entries: Sequence[ChainedEntry],
+    points: Sequence[Checkpoint],
+    every: int,
+) -> Check:
+    """Sign the checkpoints due over the verified snapshot (later entries wait for the next run)."""
+    name = "checkpoints signed"
+    hashes = {e.seq: e.hash for e in entries if e.seq is not None and e.hash is not None}
+    seqs = cp.due(max(hashes, default=0), {p.seq for p in points}, every)
+    if not seqs:
+        return Check(name, True, "none due")
+    kid = cp.key_id(key.public_key())
+    await conn.execute(
+        f"INSERT INTO {_quoted(schema)}.checkpoints (seq, hash, key_id, signature) "
+        "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bytea[]) ON CONFLICT DO NOTHING",
+        seqs, [hashes[s] for s in seqs], [kid] * len(seqs), [cp.sign(key, s, hashes[s]) for s in seqs],
+    )
+    return Check(name, True, f"{len(seqs)} new, last at seq {seqs[-1]} ({kid})")
+
+
+async def verify_database(
+    database_url: str,
+    schema: str = "ledger",
+    *,
+    key: Ed25519PrivateKey | None = None,
+    sign: bool = False,
+) -> VerifyReport:
     """Verify the ledger schema of the database at ``database_url`` (a superuser URL)."""
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        return await verify_connection(conn, schema)
+        return await verify_connection(conn, schema, key=key, sign=sign)
     finally:
         await conn.close()
 
