@@ -177,6 +177,7 @@ class TokenResponse(_Response):
     token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a name, not a secret
     expires_in: int
     scope: str
+    refresh_token: str | None = Field(default=None, description="password and refresh_token grants only")
 
 
 class FieldError(_Response):
@@ -215,6 +216,20 @@ class ClientCreate(_Request):
     name: str = Field(min_length=1, max_length=200)
     tenant: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     scopes: list[ScopeName] = Field(min_length=1)
+
+
+class UserCreate(_Request):
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    password: str = Field(min_length=12, max_length=128,
+                          description="at least 12 characters (OWASP ASVS 2.1.1)")
+    name: str = Field(min_length=1, max_length=200)
+
+
+class User(_Response):
+    id: str
+    email: str
+    name: str
+    created_at: datetime
 
 
 class ClientCreated(_Response):

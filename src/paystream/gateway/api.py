@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from paystream.contracts.api import ClientCreate
+from paystream.contracts.api import ClientCreate, UserCreate
 from paystream.gateway.audit import AuditRecord
 from paystream.gateway.audit import append as append_audit
 from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, parse_scope, valid_idempotency_key
@@ -29,6 +29,7 @@ from paystream.gateway.ratelimit import LimiterUnavailable, RateLimiter
 from paystream.gateway.routes import ROUTES, Route, route_class
 from paystream.gateway.store import ClientStore, IdempotencyStore, secret_matches
 from paystream.gateway.tokens import InvalidToken, TokenService
+from paystream.gateway.users import USER_SCOPES, UserExists, UserStore
 from paystream.platform.errors import DomainError
 from paystream.platform.http import Caller, JSONResponse, problem, validation_problem
 from paystream.platform.internal import InternalClient
@@ -73,6 +74,7 @@ class Gateway:
         self.services = services
         self.clients = ClientStore()
         self.idempotency = IdempotencyStore()
+        self.users = UserStore()
         self._internal_token = internal_token
 
     # -- authentication ------------------------------------------------------------------
@@ -318,8 +320,13 @@ class Gateway:
         if limited is not None:
             return limited
         grant_type = form.get("grant_type")
+        if grant_type == "password":
+            return await self._password_grant(form, client_id, client_secret)
+        if grant_type == "refresh_token":
+            return await self._refresh_grant(form, client_id, client_secret)
         if grant_type != "client_credentials":
-            return _oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials")
+            return _oauth_error(400, "unsupported_grant_type",
+                                "grant_type must be client_credentials, password or refresh_token")
         if not client_id or not client_secret or len(client_id) > 64 or len(client_secret) > 256:
             return _oauth_error(401, "invalid_client", "client authentication failed")
         async with self.pool.acquire() as conn:
@@ -334,6 +341,93 @@ class Gateway:
             {"access_token": token, "token_type": "Bearer", "expires_in": self.tokens.ttl,
              "scope": " ".join(sorted(scopes))},
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    async def _wallet_client(self, client_id: str | None, client_secret: str | None) -> Any:
+        """The client a user signs in through: it must exist and be enabled; a secret, if
+        sent, must be right (wallet apps are public clients and send none)."""
+        if not client_id or len(client_id) > 64 or (client_secret is not None and len(client_secret) > 256):
+            return None
+        async with self.pool.acquire() as conn:
+            client = await self.clients.get_client(conn, client_id)
+        if client is None or client["disabled"]:
+            return None
+        if client_secret is not None and not secret_matches(client_secret, client["secret_hash"]):
+            return None
+        return client
+
+    def _user_tokens(self, *, client_id: str, tenant_id: str, user_id: str, scopes: frozenset[str],
+                     refresh_token: str) -> Response:
+        token = self.tokens.issue(client_id=client_id, tenant_id=tenant_id, scopes=scopes, user_id=user_id)
+        return JSONResponse(
+            {"access_token": token, "token_type": "Bearer", "expires_in": self.tokens.ttl,
+             "scope": " ".join(sorted(scopes)), "refresh_token": refresh_token},
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    async def _password_grant(self, form: dict[str, str], client_id: str | None,
+                              client_secret: str | None) -> Response:
+        client = await self._wallet_client(client_id, client_secret)
+        if client is None:
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        username, password = form.get("username", ""), form.get("password", "")
+        scopes = parse_scope(form.get("scope"), USER_SCOPES & frozenset(client["scopes"]))
+        if scopes is None:
+            return _oauth_error(400, "invalid_scope", "a requested scope is not granted to users")
+        now = datetime.now(UTC)
+        if not username or not password or len(username) > 320 or len(password) > 1024:
+            return _oauth_error(400, "invalid_grant", "the user credentials are not valid")
+        async with self.pool.acquire() as conn:
+            user = await self.users.sign_in(conn, tenant_id=client["tenant_id"], email=username,
+                                            password=password, now=now)
+            if user is None:
+                return _oauth_error(400, "invalid_grant", "the user credentials are not valid")
+            refresh = await self.users.issue_refresh(
+                conn, user_id=user.user_id, tenant_id=user.tenant_id, client_id=client["id"],
+                scopes=sorted(scopes), now=now,
+            )
+        return self._user_tokens(client_id=client["id"], tenant_id=user.tenant_id, user_id=user.user_id,
+                                 scopes=scopes, refresh_token=refresh)
+
+    async def _refresh_grant(self, form: dict[str, str], client_id: str | None,
+                             client_secret: str | None) -> Response:
+        client = await self._wallet_client(client_id, client_secret)
+        if client is None:
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        presented = form.get("refresh_token", "")
+        if not presented or len(presented) > 256:
+            return _oauth_error(400, "invalid_grant", "the refresh token is not valid")
+        async with self.pool.acquire() as conn:
+            refreshed = await self.users.rotate_refresh(conn, token=presented, client_id=client["id"],
+                                                        now=datetime.now(UTC))
+        if refreshed is None:
+            return _oauth_error(400, "invalid_grant", "the refresh token is not valid")
+        return self._user_tokens(client_id=client["id"], tenant_id=refreshed.tenant_id,
+                                 user_id=refreshed.user_id, scopes=refreshed.scopes,
+                                 refresh_token=refreshed.refresh_token)
+
+    async def create_user(self, request: Request) -> Response:
+        principal = self.authenticate(request)
+        request.state.principal = principal
+        if principal is None:
+            return unauthorized()
+        if "users:write" not in principal.scopes or principal.user_id is not None:
+            return problem(403, "insufficient_scope", "Forbidden", "this route needs the users:write scope")
+        try:
+            body = await self.parse_body(request, UserCreate, True)
+        except _Invalid as exc:
+            return validation_problem_from(exc.errors)
+        spec = UserCreate.model_validate(body)
+        try:
+            async with self.pool.acquire() as conn:
+                row = await self.users.create(conn, tenant_id=principal.tenant_id, email=spec.email,
+                                              name=spec.name, password=spec.password)
+        except UserExists:
+            return problem(409, "user_exists", "Conflict", "a user with this email already exists")
+        request.state.object_id = row["id"]
+        return JSONResponse(
+            {"id": row["id"], "email": row["email"], "name": row["name"], "created_at": row["created_at"]},
+            status_code=201,
         )
 
     async def create_client(self, request: Request) -> Response:
@@ -434,9 +528,13 @@ def install_routes(app: FastAPI, gateway: Gateway) -> None:
     async def create_client(request: Request) -> Response:
         return await gateway.audited("POST /v1/clients", request, gateway.create_client)
 
+    async def create_user(request: Request) -> Response:
+        return await gateway.audited("POST /v1/users", request, gateway.create_user)
+
     app.add_api_route("/oauth/token", token, methods=["POST"], include_in_schema=False)
     app.add_api_route("/.well-known/jwks.json", jwks, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v1/clients", create_client, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/users", create_user, methods=["POST"], include_in_schema=False)
     for route in ROUTES:
         app.add_api_route(
             route.path, _endpoint(gateway, route), methods=[route.method],

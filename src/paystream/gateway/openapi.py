@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from paystream import __version__
-from paystream.contracts.api import ClientCreate, ClientCreated, Problem, TokenResponse
+from paystream.contracts.api import ClientCreate, ClientCreated, Problem, TokenResponse, User, UserCreate
 from paystream.gateway.routes import ROUTES
 
 _REF = "#/components/schemas/{model}"
@@ -27,7 +27,7 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def build_openapi() -> dict[str, Any]:
-    models: set[type[BaseModel]] = {Problem, TokenResponse, ClientCreate, ClientCreated}
+    models: set[type[BaseModel]] = {Problem, TokenResponse, ClientCreate, ClientCreated, UserCreate, User}
     for route in ROUTES:
         models.update(m for m in (route.body, route.response) if m is not None)
     _, schemas = models_json_schema(
@@ -88,12 +88,18 @@ def build_openapi() -> dict[str, Any]:
             }
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     paths["/oauth/token"] = {"post": {
-        "summary": "Get an access token (client_credentials)",
+        "summary": "Get an access token (client_credentials; password and refresh_token for wallet users)",
+        "description": "A password or refresh_token grant also returns a `refresh_token`, which is "
+                       "rotated on every use; presenting a used one revokes its whole family. Ten "
+                       "failed sign-ins lock a user for 30 minutes.",
         "operationId": "post_oauth_token",
         "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
             "type": "object", "required": ["grant_type"],
-            "properties": {"grant_type": {"type": "string", "enum": ["client_credentials"]},
+            "properties": {"grant_type": {"type": "string",
+                                          "enum": ["client_credentials", "password", "refresh_token"]},
                            "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+                           "username": {"type": "string"}, "password": {"type": "string"},
+                           "refresh_token": {"type": "string"},
                            "scope": {"type": "string"}}}}}},
         "responses": {"200": {"description": "Token", "content": {"application/json": {"schema": _ref(TokenResponse)}}},
                       "400": _problem("Invalid request, grant type or scope"),
@@ -108,6 +114,17 @@ def build_openapi() -> dict[str, Any]:
                               "content": {"application/json": {"schema": _ref(ClientCreated)}}},
                       "401": _problem("Missing or invalid access token"),
                       "403": _problem("The token lacks the admin scope"),
+                      "422": _problem("Validation failed")},
+    }}
+    paths["/v1/users"] = {"post": {
+        "summary": "Create a wallet end user (signs in with the password grant)",
+        "operationId": "post_v1_users",
+        "security": [{"oauth2": ["users:write"]}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(UserCreate)}}},
+        "responses": {"201": {"description": "Created", "content": {"application/json": {"schema": _ref(User)}}},
+                      "401": _problem("Missing or invalid access token"),
+                      "403": _problem("The token lacks the users:write scope"),
+                      "409": _problem("A user with this email exists"),
                       "422": _problem("Validation failed")},
     }}
     paths["/.well-known/jwks.json"] = {"get": {
