@@ -1,0 +1,325 @@
+"""Ledger posting throughput on a real PostgreSQL: transfers per second.
+
+Run from the repository root::
+
+    .venv/bin/python -m tests.benchmarks.bench_ledger [--json results.json]
+
+It starts an embedded PostgreSQL on a free port in a temporary directory (the way
+``tests/conftest.py`` does), migrates a ``ledger`` schema, creates ``--accounts``
+wallets with ``LedgerStore.create_account`` and funds each with a deposit, then
+measures four scenarios, ``--runs`` times each:
+
+``single``       one transfer per transaction, ``--concurrency`` connections, random accounts
+``batched``      ``--batch`` transfers per transaction (the consumer's batch), random accounts
+``hot-batched``  as ``batched``, but every transfer credits one merchant account
+``hot-single``   as ``single``, but every transfer credits one merchant account
+
+Every transaction goes through the service's real code: the ledger consumer's
+``EventConsumer._apply`` (inbox insert of the event ids, in the same transaction) calling
+``LedgerHandlers.on_fraud_events`` on ``fraud.approved`` envelopes, which does the
+idempotency check on the payment id (``decided_refs``), locks the accounts in id order,
+decides each transfer with ``domain.post_batch`` (overdraft checks), writes balances,
+transfers, entries and rejections (``write_batch``) and the ``ledger.posted`` outbox rows.
+Logging is configured as in the service (JSON lines at info), written to /dev/null.
+
+Not measured: building the envelopes (done before the clock starts), decoding them from
+the bus and acking, and the outbox relay (outbox rows are deleted between runs, outside
+the clock, as the relay would). PostgreSQL runs with its defaults for durability
+(fsync and synchronous_commit on).
+
+After each run the benchmark checks that every transfer was posted (no rejections), that
+the run wrote one transfer, two entries, one inbox row and one outbox row per transfer,
+that debits equal credits over all accounts, and (when the ledger has its hash chain)
+that every entry is chained and the chain's head is at the last one.
+
+The server is stopped and the temporary directory removed at the end, also on Ctrl-C
+or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from paystream.contracts.envelope import Envelope, make_envelope
+from paystream.contracts.events import FraudApproved, PaymentOrder
+from paystream.contracts.topology import CONSUMERS
+from paystream.ledger.handlers import LedgerHandlers
+from paystream.ledger.store import LedgerStore
+from paystream.platform.consumer import EventConsumer
+from paystream.platform.db import create_pool
+from paystream.platform.ids import new_id
+from paystream.platform.migrations import migrate
+from paystream.platform.observability import configure_logging
+from paystream.platform.outbox import Outbox
+from paystream.stack.ports import free_port
+from paystream.stack.process import Supervisor
+from paystream.stack.servers import Postgres
+
+TENANT = "ten_bench"
+CURRENCY = "EUR"
+SCHEMA = "bench_ledger"
+LEDGER_CONSUMER = next(spec for spec in CONSUMERS if spec.durable == "ledger")
+SCENARIOS = ("single", "batched", "hot-batched", "hot-single")
+
+log = logging.getLogger("paystream.bench")
+
+
+@dataclass
+class Scenario:
+    name: str
+    per_transaction: int
+    concurrency: int
+    hot: bool
+    transfers: int
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+
+@contextlib.asynccontextmanager
+async def postgres(home: Path) -> AsyncIterator[str]:
+    """A real PostgreSQL on a free port under ``home``; yields the superuser URL."""
+    server = Postgres(home / "postgres" / "data", free_port(), secrets.token_hex(16))
+    supervisor = Supervisor(home / "logs", lambda message: print(f"[supervisor] {message}", file=sys.stderr))
+    try:
+        await supervisor.start(server.spec)
+        yield server.admin_url()
+    finally:
+        await supervisor.stop([[server.spec.name]])
+
+
+def approved(order: PaymentOrder) -> Envelope:
+    return make_envelope(FraudApproved(order=order), partition_key=order.account_key,
+                         correlation_id=order.payment_id)
+
+
+def transfer_orders(
+    rng: random.Random, accounts: Sequence[str], count: int, merchant: str | None
+) -> list[Envelope]:
+    """``count`` approved transfers between random accounts (or random payer -> merchant)."""
+    envelopes = []
+    for _ in range(count):
+        if merchant is None:
+            source, destination = rng.sample(accounts, 2)
+        else:
+            source, destination = rng.choice(accounts), merchant
+        envelopes.append(approved(PaymentOrder(
+            payment_id=new_id("pay"), tenant_id=TENANT, kind="transfer",
+            source_account_id=source, destination_account_id=destination,
+            amount=rng.randint(1, 10_000), currency=CURRENCY,
+        )))
+    return envelopes
+
+
+async def drive(consumer: EventConsumer, envelopes: list[Envelope], per_transaction: int,
+                concurrency: int) -> float:
+    """Apply the envelopes in transactions of ``per_transaction`` from ``concurrency`` workers."""
+    chunks = [envelopes[i:i + per_transaction] for i in range(0, len(envelopes), per_transaction)]
+    queue = iter(chunks)
+
+    async def worker() -> None:
+        for chunk in queue:
+            await consumer._apply(chunk)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def counts(conn: asyncpg.Connection) -> dict[str, int]:
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM transfers) AS transfers, (SELECT count(*) FROM entries) AS entries, "
+        "(SELECT count(*) FROM rejections) AS rejections, (SELECT count(*) FROM inbox) AS inbox, "
+        "(SELECT count(*) FROM outbox) AS outbox, "
+        "(SELECT sum(debits_posted) - sum(credits_posted) FROM accounts) AS imbalance"
+    )
+    assert row is not None
+    return dict(row)
+
+
+async def check_run(conn: asyncpg.Connection, before: dict[str, int], n: int) -> None:
+    after = await counts(conn)
+    expected = {"transfers": n, "entries": 2 * n, "rejections": 0, "inbox": n, "outbox": n}
+    got = {key: after[key] - before[key] for key in expected}
+    if got != expected or after["imbalance"] != 0:
+        raise SystemExit(f"run did not post what it should: expected {expected}, got {got}, "
+                         f"debits - credits = {after['imbalance']}")
+    if await conn.fetchval("SELECT to_regclass('chain_head') IS NOT NULL"):
+        # The ledger's hash chain (migration 002): every entry chained, the head at the last one.
+        unchained, head, last = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM entries WHERE seq IS NULL OR hash IS NULL), "
+            "(SELECT seq FROM chain_head), (SELECT max(seq) FROM entries)"
+        )
+        if unchained or head != last or last != after["entries"]:
+            raise SystemExit(f"hash chain incomplete: {unchained} unchained, head {head}, last seq {last}, "
+                             f"{after['entries']} entries")
+    kinds = await conn.fetch("SELECT DISTINCT convert_from(body, 'UTF8')::jsonb ->> 'type' AS type FROM outbox")
+    if [r["type"] for r in kinds] != ["ledger.posted"]:
+        raise SystemExit(f"unexpected outbox events: {[r['type'] for r in kinds]}")
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    # Ctrl-C cancels this task (asyncio.run does that); SIGTERM does the same here.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
+    try:
+        async with postgres(home) as url:
+            return await bench_on(url, args)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def bench_on(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    admin = await asyncpg.connect(url, timeout=10)
+    try:
+        await migrate(admin, service="ledger", schema=SCHEMA, password=secrets.token_hex(16))
+    finally:
+        await admin.close()
+    pool = await create_pool(url, min_size=1, max_size=max(args.concurrency, args.batch_concurrency) + 1,
+                             search_path=SCHEMA, application_name="paystream-bench")
+    try:
+        store = LedgerStore()
+        handlers = LedgerHandlers(store, Outbox(args.partitions))
+        consumer = EventConsumer(spec=LEDGER_CONSUMER, bus=None, pool=pool,  # type: ignore[arg-type]
+                                 handler=handlers.on_fraud_events, batch=args.batch)
+
+        print(f"creating {args.accounts:,} wallets and a merchant ...", file=sys.stderr)
+        async with pool.acquire() as conn, conn.transaction():
+            accounts = [
+                (await store.create_account(conn, tenant_id=TENANT, currency=CURRENCY, allow_overdraft=False,
+                                            owner_user_id=None, metadata={}, create_key=None))["id"]
+                for _ in range(args.accounts)
+            ]
+            merchant = (await store.create_account(conn, tenant_id=TENANT, currency=CURRENCY,
+                                                   allow_overdraft=False, owner_user_id=None,
+                                                   metadata={"bench": "merchant"}, create_key=None))["id"]
+        deposits = [approved(PaymentOrder(
+            payment_id=new_id("pay"), tenant_id=TENANT, kind="deposit", source_account_id=None,
+            destination_account_id=account, amount=args.funding, currency=CURRENCY,
+        )) for account in accounts]
+        await drive(consumer, deposits, args.batch, 1)
+        async with pool.acquire() as conn:
+            funded = await conn.fetchval(
+                "SELECT count(*) FROM accounts WHERE kind = 'wallet' AND credits_posted = $1", args.funding)
+            if funded != args.accounts:
+                raise SystemExit(f"funding failed: {funded} of {args.accounts} wallets funded")
+            await conn.execute("DELETE FROM outbox")
+            await conn.execute("VACUUM ANALYZE")
+
+        scenarios = {
+            "single": Scenario("single", 1, args.concurrency, False, args.single_transfers),
+            "batched": Scenario("batched", args.batch, args.batch_concurrency, False, args.batched_transfers),
+            "hot-batched": Scenario("hot-batched", args.batch, args.batch_concurrency, True, args.batched_transfers),
+            "hot-single": Scenario("hot-single", 1, args.concurrency, True, args.single_transfers),
+        }
+        for scenario in scenarios.values():
+            for run in range(args.runs):
+                envelopes = transfer_orders(rng, accounts, scenario.transfers, merchant if scenario.hot else None)
+                async with pool.acquire() as conn:
+                    before = await counts(conn)
+                seconds = await drive(consumer, envelopes, scenario.per_transaction, scenario.concurrency)
+                async with pool.acquire() as conn:
+                    await check_run(conn, before, scenario.transfers)
+                    await conn.execute("DELETE FROM outbox")  # what the relay would do
+                rate = scenario.transfers / seconds
+                scenario.runs.append(rate)
+                print(f"{scenario.name:12} run {run + 1}: {scenario.transfers:,} transfers in {seconds:.2f} s "
+                      f"= {rate:,.0f}/s", file=sys.stderr)
+        async with pool.acquire() as conn:
+            totals = await counts(conn)
+    finally:
+        await pool.close()
+
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "postgres": "embedded, defaults for durability (fsync, synchronous_commit on)",
+        "accounts": args.accounts,
+        "concurrency": args.concurrency,
+        "batch": args.batch,
+        "batch_concurrency": args.batch_concurrency,
+        "totals": totals,
+        "scenarios": {
+            name: {
+                "transfers_per_transaction": s.per_transaction,
+                "concurrency": s.concurrency,
+                "hot_account": s.hot,
+                "transfers_per_run": s.transfers,
+                "runs_per_second": [round(r, 1) for r in s.runs],
+                "median_per_second": round(s.median, 1),
+            }
+            for name, s in scenarios.items()
+        },
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    runs = max(len(s["runs_per_second"]) for s in result["scenarios"].values())
+    head = ["scenario", "per tx", "conns", "transfers/run", *[f"run {i + 1}" for i in range(runs)], "median"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|" + "---:|" * (runs + 1)]
+    for name, s in result["scenarios"].items():
+        cells = [name, str(s["transfers_per_transaction"]), str(s["concurrency"]), f"{s['transfers_per_run']:,}",
+                 *[f"{r:,.0f}" for r in s["runs_per_second"]], f"**{s['median_per_second']:,.0f}**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=16, help="connections for the one-per-tx scenarios")
+    parser.add_argument("--batch", type=int, default=256, help="transfers per transaction when batched")
+    parser.add_argument("--batch-concurrency", type=int, default=1,
+                        help="connections for the batched scenarios (the ledger consumer has one batch in flight)")
+    parser.add_argument("--single-transfers", type=int, default=5_000, help="transfers per one-per-tx run")
+    parser.add_argument("--batched-transfers", type=int, default=51_200, help="transfers per batched run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--funding", type=int, default=1_000_000_000, help="deposit per wallet, minor units")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+
+    with open(os.devnull, "w") as devnull:
+        configure_logging("ledger", "info", stream=devnull)
+        try:
+            result = asyncio.run(bench(args))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print("interrupted; server stopped and temporary directory removed", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    print(f"cores (os.cpu_count()): {result['cpu_count']}")
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
