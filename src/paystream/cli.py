@@ -133,17 +133,27 @@ app.add_typer(keys_app, name="keys")
 
 
 @keys_app.command("rotate")
-def keys_rotate(home: HomeOption = Path(".paystream")) -> None:
-    """Add a new signing key; the old ones keep verifying until their tokens have expired."""
-    from paystream.gateway.keys import rotate_signing_key
+def keys_rotate(
+    home: HomeOption = Path(".paystream"),
+    signing: Annotated[bool, typer.Option(help="Rotate the access-token signing key.")] = True,
+    encryption: Annotated[bool, typer.Option(
+        help="Add a key-encryption key version and re-wrap the vault's data keys.")] = True,
+) -> None:
+    """Rotate keys without downtime: signing keys, and the vault's key-encryption key."""
+    from paystream.gateway.keys import rotate_encryption_key, rotate_signing_key
 
     try:
-        kid, retire_at = asyncio.run(rotate_signing_key(home))
+        if signing:
+            kid, retire_at = asyncio.run(rotate_signing_key(home))
+            console.print(f"new signing key [bold]{kid}[/bold] signs from the gateway's next key refresh; "
+                          f"earlier keys verify until {retire_at:%Y-%m-%d %H:%M:%S %Z}")
+        if encryption:
+            version, rewrapped = asyncio.run(rotate_encryption_key(home))
+            console.print(f"new key-encryption key [bold]{version}[/bold] is active; "
+                          f"{rewrapped} data keys re-wrapped under it")
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    console.print(f"new signing key [bold]{kid}[/bold] signs from the gateway's next key refresh; "
-                  f"earlier keys verify until {retire_at:%Y-%m-%d %H:%M:%S %Z}")
 
 
 audit_app = typer.Typer(help="The audit log of state-changing requests.", no_args_is_help=True)

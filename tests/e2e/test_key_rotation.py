@@ -24,6 +24,9 @@ async def test_rotation_signs_with_the_new_key_and_old_tokens_keep_working() -> 
             old_token = await before.token()
             old_kid = jwt.get_unverified_header(old_token)["kid"]
             account = await before.create_account("USD")
+            card = await before.request("POST", "/v1/cards", json_body={
+                "number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"})
+            assert card.status_code == 201
 
             rotated = await asyncio.to_thread(
                 subprocess.run,
@@ -32,6 +35,7 @@ async def test_rotation_signs_with_the_new_key_and_old_tokens_keep_working() -> 
             )
             assert rotated.returncode == 0, rotated.stdout + rotated.stderr
             assert "new signing key" in rotated.stdout
+            assert "new key-encryption key v2 is active; 1 data keys re-wrapped" in rotated.stdout
 
             deadline = time.monotonic() + 20
             while True:

@@ -232,6 +232,24 @@ class User(_Response):
     created_at: datetime
 
 
+class CardCreate(_Request):
+    number: str = Field(min_length=12, max_length=32, description="13-19 digits; spaces or dashes allowed")
+    exp_month: StrictInt = Field(ge=1, le=12)
+    exp_year: StrictInt = Field(ge=2000, le=2200)
+    cvc: str = Field(min_length=3, max_length=4, description="checked, never stored")
+    owner_user_id: str | None = Field(default=None, max_length=64)
+
+
+class Card(_Response):
+    id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    fingerprint: str = Field(description="the same for the same number within a tenant")
+    created_at: datetime
+
+
 class ClientCreated(_Response):
     client_id: str
     client_secret: str = Field(description="shown only in this response")

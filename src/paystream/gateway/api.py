@@ -21,15 +21,17 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from paystream.contracts.api import ClientCreate, UserCreate
+from paystream.contracts.api import CardCreate, ClientCreate, UserCreate
 from paystream.gateway.audit import AuditRecord
 from paystream.gateway.audit import append as append_audit
+from paystream.gateway.cards import CardRejected, check_cvc, check_expiry, parse_number
 from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, parse_scope, valid_idempotency_key
 from paystream.gateway.ratelimit import LimiterUnavailable, RateLimiter
 from paystream.gateway.routes import ROUTES, Route, route_class
 from paystream.gateway.store import ClientStore, IdempotencyStore, secret_matches
 from paystream.gateway.tokens import InvalidToken, TokenService
 from paystream.gateway.users import USER_SCOPES, UserExists, UserStore
+from paystream.gateway.vault import CardVault, card_view
 from paystream.platform.errors import DomainError
 from paystream.platform.http import Caller, JSONResponse, problem, validation_problem
 from paystream.platform.internal import InternalClient
@@ -67,9 +69,11 @@ class Gateway:
         services: dict[str, InternalClient],
         internal_token: str,
         limiter: RateLimiter | None = None,
+        vault: CardVault | None = None,
     ) -> None:
         self.pool = pool
         self.limiter = limiter
+        self.vault = vault
         self.tokens = tokens
         self.services = services
         self.clients = ClientStore()
@@ -406,9 +410,43 @@ class Gateway:
                                  user_id=refreshed.user_id, scopes=refreshed.scopes,
                                  refresh_token=refreshed.refresh_token)
 
+    async def create_card(self, request: Request) -> Response:
+        principal = self.authenticate(request)
+        request.state.principal = principal
+        limited = await self.rate_limit("write", request, principal.client_id if principal else None)
+        if limited is not None:
+            return limited
+        if principal is None:
+            return unauthorized()
+        if "cards:write" not in principal.scopes:
+            return problem(403, "insufficient_scope", "Forbidden", "this route needs the cards:write scope")
+        if self.vault is None:
+            return problem(503, "vault_unavailable", "Service unavailable", "the card vault has no keyring")
+        try:
+            body = await self.parse_body(request, CardCreate, True)
+        except _Invalid as exc:
+            return validation_problem_from(exc.errors)
+        spec = CardCreate.model_validate(body)
+        today = datetime.now(UTC)
+        try:
+            card = parse_number(spec.number)
+            check_cvc(card, spec.cvc)
+            check_expiry(spec.exp_month, spec.exp_year, today_year=today.year, today_month=today.month)
+        except CardRejected as exc:
+            return validation_problem_from([{"type": "card", "loc": ("body", exc.field), "msg": str(exc)}])
+        owner = principal.user_id or spec.owner_user_id
+        async with self.pool.acquire() as conn:
+            row = await self.vault.store(conn, tenant_id=principal.tenant_id, owner_user_id=owner, card=card,
+                                         exp_month=spec.exp_month, exp_year=spec.exp_year)
+        request.state.object_id = row["id"]
+        return JSONResponse(card_view(row), status_code=201)
+
     async def create_user(self, request: Request) -> Response:
         principal = self.authenticate(request)
         request.state.principal = principal
+        limited = await self.rate_limit("write", request, principal.client_id if principal else None)
+        if limited is not None:
+            return limited
         if principal is None:
             return unauthorized()
         if "users:write" not in principal.scopes or principal.user_id is not None:
@@ -531,10 +569,14 @@ def install_routes(app: FastAPI, gateway: Gateway) -> None:
     async def create_user(request: Request) -> Response:
         return await gateway.audited("POST /v1/users", request, gateway.create_user)
 
+    async def create_card(request: Request) -> Response:
+        return await gateway.audited("POST /v1/cards", request, gateway.create_card)
+
     app.add_api_route("/oauth/token", token, methods=["POST"], include_in_schema=False)
     app.add_api_route("/.well-known/jwks.json", jwks, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v1/clients", create_client, methods=["POST"], include_in_schema=False)
     app.add_api_route("/v1/users", create_user, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/v1/cards", create_card, methods=["POST"], include_in_schema=False)
     for route in ROUTES:
         app.add_api_route(
             route.path, _endpoint(gateway, route), methods=[route.method],

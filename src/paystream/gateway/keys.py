@@ -8,6 +8,7 @@ expired (token lifetime + leeway), then retire. Tokens in flight never fail.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,9 @@ import asyncpg
 
 from paystream.gateway.store import KeyStore
 from paystream.gateway.tokens import ALGORITHM, LEEWAY_SECONDS, new_signing_key
+from paystream.gateway.vault import CardVault
 from paystream.platform.config import load_settings
+from paystream.platform.crypto import FileKeyring
 from paystream.platform.db import create_pool
 
 SCHEMA = "gateway"
@@ -45,3 +48,28 @@ async def rotate_signing_key(home: Path) -> tuple[str, datetime]:
     finally:
         await pool.close()
     return kid, retire_at
+
+
+async def rotate_encryption_key(home: Path) -> tuple[str, int]:
+    """Add a KEK version to the keyring of ``home`` and re-wrap every data key under it.
+
+    Running gateways pick the new version up at their next refresh; the re-wrap runs twice,
+    the second time after that refresh, so a card sealed meanwhile under the old version is
+    re-wrapped too. The old version stays in the keyring (nothing needs it any more; a
+    later rotation may drop versions no row refers to). Returns (version, rows re-wrapped).
+    """
+    path = home / "keyring.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no keyring at {path}")
+    version = FileKeyring.add_version(path)
+    settings = load_settings()
+    vault = CardVault(FileKeyring.load(path))
+    pool = await gateway_pool(home)
+    try:
+        async with pool.acquire() as conn:
+            rewrapped = await vault.rewrap_all(conn)
+            await asyncio.sleep(settings.signing_keys_refresh_seconds + 1)
+            rewrapped += await vault.rewrap_all(conn)
+    finally:
+        await pool.close()
+    return version, rewrapped

@@ -9,7 +9,16 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from paystream import __version__
-from paystream.contracts.api import ClientCreate, ClientCreated, Problem, TokenResponse, User, UserCreate
+from paystream.contracts.api import (
+    Card,
+    CardCreate,
+    ClientCreate,
+    ClientCreated,
+    Problem,
+    TokenResponse,
+    User,
+    UserCreate,
+)
 from paystream.gateway.routes import ROUTES
 
 _REF = "#/components/schemas/{model}"
@@ -27,7 +36,7 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def build_openapi() -> dict[str, Any]:
-    models: set[type[BaseModel]] = {Problem, TokenResponse, ClientCreate, ClientCreated, UserCreate, User}
+    models: set[type[BaseModel]] = {Problem, TokenResponse, ClientCreate, ClientCreated, UserCreate, User, CardCreate, Card}
     for route in ROUTES:
         models.update(m for m in (route.body, route.response) if m is not None)
     _, schemas = models_json_schema(
@@ -126,6 +135,16 @@ def build_openapi() -> dict[str, Any]:
                       "403": _problem("The token lacks the users:write scope"),
                       "409": _problem("A user with this email exists"),
                       "422": _problem("Validation failed")},
+    }}
+    paths["/v1/cards"] = {"post": {
+        "summary": "Tokenise a card: the number goes to the vault, encrypted; the CVC is checked, never stored",
+        "operationId": "post_v1_cards",
+        "security": [{"oauth2": ["cards:write"]}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(CardCreate)}}},
+        "responses": {"201": {"description": "Created", "content": {"application/json": {"schema": _ref(Card)}}},
+                      "401": _problem("Missing or invalid access token"),
+                      "403": _problem("The token lacks the cards:write scope"),
+                      "422": _problem("Invalid number, CVC or expiry")},
     }}
     paths["/.well-known/jwks.json"] = {"get": {
         "summary": "Public keys that sign access tokens", "operationId": "get_jwks",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 from fastapi import FastAPI
@@ -14,6 +16,8 @@ from paystream.gateway.openapi import build_openapi
 from paystream.gateway.ratelimit import Limit, RateLimiter, redis_client
 from paystream.gateway.store import IdempotencyStore, KeyStore
 from paystream.gateway.tokens import ALGORITHM, TokenService, load_key, new_signing_key
+from paystream.gateway.vault import CardVault
+from paystream.platform.crypto import FileKeyring
 from paystream.platform.internal import InternalClient
 from paystream.platform.observability import get_logger
 from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
@@ -62,8 +66,10 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         limiter_redis, {name: Limit.parse(text) for name, text in settings.rate_limits.items()},
         fail_closed=frozenset({"auth"}),
     )
+    keyring_path = Path(settings.keyring_file) if settings.keyring_file else None
+    vault = CardVault(FileKeyring.load(keyring_path)) if keyring_path or os.environ.get("PAYSTREAM_KEYRING") else None
     gateway = Gateway(pool=ctx.db, tokens=tokens, services=services, internal_token=internal_token,
-                      limiter=limiter)
+                      limiter=limiter, vault=vault)
     spec = build_openapi()
 
     def install(app: FastAPI) -> None:
@@ -79,6 +85,8 @@ async def build(ctx: ServiceContext) -> ServiceParts:
                 pass
             try:
                 await load_signing_keys(ctx.db, tokens, create=False)
+                if vault is not None:  # a KEK version added by `paystream keys rotate`
+                    vault.keyring = FileKeyring.load(keyring_path)
             except Exception as exc:
                 log.warning("signing_keys_refresh_failed", error=repr(exc))
 

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # `paystream up --allow-local-webhooks` (and `--demo`) turn it on for local receivers.
     webhook_allow_private: bool = False
 
+    # The keyring of key-encryption keys for the card vault (platform/crypto.py); the
+    # PAYSTREAM_KEYRING variable (the JSON itself) takes precedence over the file.
+    keyring_file: str | None = None
+
     # TLS: the gateway serves HTTPS (TLS 1.2+) when both are set (`paystream up --tls`).
     tls_certfile: str | None = None
     tls_keyfile: str | None = None

@@ -28,6 +28,7 @@ from rich.console import Console
 from paystream.contracts.topology import CONSUMERS, STREAMS
 from paystream.gateway.domain import SCOPES
 from paystream.gateway.store import ClientStore
+from paystream.platform.crypto import FileKeyring
 from paystream.platform.migrations import SERVICES, migrate, role_name
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import configure_logging
@@ -129,7 +130,7 @@ async def ensure_admin_client(conn: asyncpg.Connection, path: Path) -> str:
 def _service_spec(
     name: str, *, home: Path, port: int, database_url: str, nats_url: str, redis_url: str,
     internal_token: str, service_urls: dict[str, str], allow_local_webhooks: bool,
-    tls: TlsFiles | None = None,
+    tls: TlsFiles | None = None, keyring: Path | None = None,
 ) -> ProcessSpec:
     env = os.environ.copy()
     env.update({
@@ -144,6 +145,8 @@ def _service_spec(
         "PAYSTREAM_SERVICE_URLS": json.dumps(service_urls),
         "PYTHONUNBUFFERED": "1",
     })
+    if keyring is not None:
+        env["PAYSTREAM_KEYRING_FILE"] = str(keyring)
     if tls is not None:
         env["PAYSTREAM_TLS_CERTFILE"] = str(tls.server_cert)
         env["PAYSTREAM_TLS_KEYFILE"] = str(tls.server_key)
@@ -224,6 +227,8 @@ class Stack:
         self.say(f"streams and durable consumers provisioned ({len(STREAMS)} streams, {len(CONSUMERS)} consumers)")
 
         tls = ensure_local_tls(self.home) if self.options.tls else None
+        keyring = self.home / "keyring.json"  # KEKs of the card vault, mode 0600
+        FileKeyring.create(keyring)
         urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
         if tls is not None:
             urls["gateway"] = f"https://127.0.0.1:{ports['gateway']}"
@@ -236,6 +241,7 @@ class Stack:
                 service_urls={k: v for k, v in urls.items() if k != name},
                 allow_local_webhooks=self.options.allow_local_webhooks,
                 tls=tls if name == "gateway" else None,
+                keyring=keyring if name == "gateway" else None,
             )
             for name in SERVICES
         ]

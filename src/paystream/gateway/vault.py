@@ -1,0 +1,79 @@
+"""The card vault's storage: sealed numbers, keyed fingerprints, and re-wrapping on rotation."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import asyncpg
+
+from paystream.gateway.cards import CardNumber
+from paystream.platform.crypto import Keyring, Sealed, open_sealed, rewrap, seal
+from paystream.platform.ids import new_id
+
+CARD_COLUMNS = "id, brand, last4, exp_month, exp_year, fingerprint, created_at"
+
+
+def card_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"], "brand": row["brand"], "last4": row["last4"],
+        "exp_month": row["exp_month"], "exp_year": row["exp_year"],
+        "fingerprint": base64.urlsafe_b64encode(bytes(row["fingerprint"])[:16]).rstrip(b"=").decode(),
+        "created_at": row["created_at"],
+    }
+
+
+def _context(card_id: str) -> str:
+    return f"card:{card_id}"
+
+
+class CardVault:
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    async def store(
+        self, conn: asyncpg.Connection, *, tenant_id: str, owner_user_id: str | None, card: CardNumber,
+        exp_month: int, exp_year: int,
+    ) -> asyncpg.Record:
+        card_id = new_id("card")
+        sealed = seal(self.keyring, card.digits, _context(card_id))
+        row = await conn.fetchrow(
+            "INSERT INTO cards (id, tenant_id, owner_user_id, brand, last4, exp_month, exp_year, fingerprint, "
+            "kek_version, wrapped_dek, nonce, ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+            f"RETURNING {CARD_COLUMNS}",
+            card_id, tenant_id, owner_user_id, card.brand, card.last4, exp_month, exp_year,
+            self.keyring.blind_index(f"card:{tenant_id}", card.digits),
+            sealed.kek_version, sealed.wrapped_dek, sealed.nonce, sealed.ciphertext,
+        )
+        assert row is not None
+        return row
+
+    async def reveal(self, conn: asyncpg.Connection, card_id: str) -> str:
+        """The full number (for a processor call; no public route exposes it)."""
+        row = await conn.fetchrow(
+            "SELECT kek_version, wrapped_dek, nonce, ciphertext FROM cards WHERE id = $1", card_id
+        )
+        if row is None:
+            raise KeyError(card_id)
+        sealed = Sealed(row["kek_version"], bytes(row["wrapped_dek"]), bytes(row["nonce"]), bytes(row["ciphertext"]))
+        return open_sealed(self.keyring, sealed, _context(card_id))
+
+    async def rewrap_all(self, conn: asyncpg.Connection, *, batch: int = 500) -> int:
+        """Re-wrap every data key not under the active KEK; returns how many were re-wrapped.
+        Online: each batch is its own short transaction, rows are never locked for long."""
+        done = 0
+        while True:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    "SELECT id, kek_version, wrapped_dek FROM cards WHERE kek_version <> $1 "
+                    "LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    self.keyring.active, batch,
+                )
+                if not rows:
+                    return done
+                updates = [(r["id"], *rewrap(self.keyring, r["kek_version"], bytes(r["wrapped_dek"])))
+                           for r in rows]
+                await conn.executemany(
+                    "UPDATE cards SET kek_version = $2, wrapped_dek = $3 WHERE id = $1", updates
+                )
+                done += len(rows)
