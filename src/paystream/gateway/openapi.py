@@ -36,7 +36,9 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def build_openapi() -> dict[str, Any]:
-    models: set[type[BaseModel]] = {Problem, TokenResponse, ClientCreate, ClientCreated, UserCreate, User, CardCreate, Card}
+    models: set[type[BaseModel]] = {
+        Problem, TokenResponse, ClientCreate, ClientCreated, UserCreate, User, CardCreate, Card,
+    }
     for route in ROUTES:
         models.update(m for m in (route.body, route.response) if m is not None)
     _, schemas = models_json_schema(
