@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
 
-from paystream.gateway.users import LOCKOUT, MAX_FAILURES, UserExists, UserStore
+from paystream.gateway.users import LOCKOUT, MAX_FAILURES, UserExists
+from paystream.gateway.users import UserStore as _UserStore
+from paystream.platform.crypto import FileKeyring
+
+KEYRING = FileKeyring({"active": "v1", "keks": {"v1": base64.b64encode(secrets.token_bytes(32)).decode()},
+                       "index_key": base64.b64encode(secrets.token_bytes(32)).decode()})
+
+
+def UserStore(hasher: PasswordHasher | None = None) -> _UserStore:
+    return _UserStore(KEYRING, hasher) if hasher is not None else _UserStore(KEYRING)
 
 PASSWORD = "correct horse battery staple"
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -21,7 +32,7 @@ async def gateway(make_schema: Any) -> Any:
 
 async def _user(gateway: Any, store: UserStore | None = None, email: str = "Ada@Example.com") -> str:
     async with gateway.pool.acquire() as conn:
-        row = await (store or UserStore()).create(conn, tenant_id="t1", email=email, name="Ada",
+        row = await (store or UserStore()).create(conn, tenant_id="t1", email=email, name="Ada Lovelace",
                                                   password=PASSWORD)
     return str(row["id"])
 
@@ -39,6 +50,14 @@ async def test_passwords_are_stored_as_argon2id_at_owasp_parameters(gateway: Any
     assert PASSWORD not in stored
 
 
+async def test_email_and_name_are_stored_only_sealed(gateway: Any) -> None:
+    user_id = await _user(gateway)
+    row = await gateway.pool.fetchval("SELECT u::text FROM users AS u WHERE id = $1", user_id)
+    assert "ada@example.com" not in row.lower() and "Lovelace" not in row
+    async with gateway.pool.acquire() as conn:
+        assert await UserStore().profile(conn, user_id) == {"email": "ada@example.com", "name": "Ada Lovelace"}
+
+
 async def test_emails_are_unique_per_tenant_whatever_their_case(gateway: Any) -> None:
     await _user(gateway)
     with pytest.raises(UserExists):
@@ -46,7 +65,7 @@ async def test_emails_are_unique_per_tenant_whatever_their_case(gateway: Any) ->
 
 
 async def test_a_hash_with_old_parameters_is_replaced_at_sign_in(gateway: Any) -> None:
-    weak = UserStore(PasswordHasher(time_cost=1, memory_cost=8_192, parallelism=1))
+    weak = UserStore(PasswordHasher(time_cost=1, memory_cost=8_192, parallelism=1))  # old parameters
     user_id = await _user(gateway, store=weak)
     before = await gateway.pool.fetchval("SELECT password_hash FROM users WHERE id = $1", user_id)
     assert (await _sign_in(gateway, PASSWORD, T0)) is not None

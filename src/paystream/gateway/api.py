@@ -78,7 +78,7 @@ class Gateway:
         self.services = services
         self.clients = ClientStore()
         self.idempotency = IdempotencyStore()
-        self.users = UserStore()
+        self.users = UserStore(vault.keyring) if vault is not None else None
         self._internal_token = internal_token
 
     # -- authentication ------------------------------------------------------------------
@@ -371,6 +371,8 @@ class Gateway:
 
     async def _password_grant(self, form: dict[str, str], client_id: str | None,
                               client_secret: str | None) -> Response:
+        if self.users is None:
+            return _oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
         client = await self._wallet_client(client_id, client_secret)
         if client is None:
             return _oauth_error(401, "invalid_client", "client authentication failed")
@@ -395,6 +397,8 @@ class Gateway:
 
     async def _refresh_grant(self, form: dict[str, str], client_id: str | None,
                              client_secret: str | None) -> Response:
+        if self.users is None:
+            return _oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
         client = await self._wallet_client(client_id, client_secret)
         if client is None:
             return _oauth_error(401, "invalid_client", "client authentication failed")
@@ -451,6 +455,8 @@ class Gateway:
             return unauthorized()
         if "users:write" not in principal.scopes or principal.user_id is not None:
             return problem(403, "insufficient_scope", "Forbidden", "this route needs the users:write scope")
+        if self.users is None:
+            return problem(503, "vault_unavailable", "Service unavailable", "users need the vault's keyring")
         try:
             body = await self.parse_body(request, UserCreate, True)
         except _Invalid as exc:
@@ -463,10 +469,7 @@ class Gateway:
         except UserExists:
             return problem(409, "user_exists", "Conflict", "a user with this email already exists")
         request.state.object_id = row["id"]
-        return JSONResponse(
-            {"id": row["id"], "email": row["email"], "name": row["name"], "created_at": row["created_at"]},
-            status_code=201,
-        )
+        return JSONResponse(row, status_code=201)
 
     async def create_client(self, request: Request) -> Response:
         principal = self.authenticate(request)

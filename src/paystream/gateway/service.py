@@ -87,6 +87,8 @@ async def build(ctx: ServiceContext) -> ServiceParts:
                 await load_signing_keys(ctx.db, tokens, create=False)
                 if vault is not None:  # a KEK version added by `paystream keys rotate`
                     vault.keyring = FileKeyring.load(keyring_path)
+                    if gateway.users is not None:
+                        gateway.users.keyring = vault.keyring
             except Exception as exc:
                 log.warning("signing_keys_refresh_failed", error=repr(exc))
 

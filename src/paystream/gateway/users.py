@@ -19,11 +19,14 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
+import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from paystream.platform.crypto import Keyring, Sealed, open_sealed, seal
 from paystream.platform.ids import new_id
 
 HASHER = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1, hash_len=32, salt_len=16)
@@ -58,24 +61,48 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def _normal(email: str) -> str:
+    return email.strip().lower()
+
+
 class UserStore:
-    def __init__(self, hasher: PasswordHasher = HASHER) -> None:
+    """Users' email and name are sealed (``keyring``); the email is found by a blind index."""
+
+    def __init__(self, keyring: Keyring, hasher: PasswordHasher = HASHER) -> None:
+        self.keyring = keyring
         self.hasher = hasher
+
+    def _index(self, tenant_id: str, email: str) -> bytes:
+        return self.keyring.blind_index(f"email:{tenant_id}", _normal(email))
 
     async def create(
         self, conn: asyncpg.Connection, *, tenant_id: str, email: str, name: str, password: str
-    ) -> asyncpg.Record:
+    ) -> dict[str, Any]:
         password_hash = await asyncio.to_thread(self.hasher.hash, password)  # ~20 ms of CPU
+        user_id = new_id("usr")
+        sealed = seal(self.keyring, orjson.dumps({"email": _normal(email), "name": name}).decode(),
+                      f"user:{user_id}")
         try:
-            row = await conn.fetchrow(
-                "INSERT INTO users (id, tenant_id, email, name, password_hash) VALUES ($1, $2, $3, $4, $5) "
-                "RETURNING id, email, name, created_at",
-                new_id("usr"), tenant_id, email.strip().lower(), name, password_hash,
+            created_at = await conn.fetchval(
+                "INSERT INTO users (id, tenant_id, email_index, password_hash, kek_version, wrapped_dek, "
+                "nonce, ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING created_at",
+                user_id, tenant_id, self._index(tenant_id, email), password_hash,
+                sealed.kek_version, sealed.wrapped_dek, sealed.nonce, sealed.ciphertext,
             )
         except asyncpg.UniqueViolationError:
             raise UserExists(email) from None
-        assert row is not None
-        return row
+        return {"id": user_id, "email": _normal(email), "name": name, "created_at": created_at}
+
+    async def profile(self, conn: asyncpg.Connection, user_id: str) -> dict[str, str]:
+        """The user's email and name, unsealed."""
+        row = await conn.fetchrow(
+            "SELECT kek_version, wrapped_dek, nonce, ciphertext FROM users WHERE id = $1", user_id
+        )
+        if row is None:
+            raise KeyError(user_id)
+        sealed = Sealed(row["kek_version"], bytes(row["wrapped_dek"]), bytes(row["nonce"]), bytes(row["ciphertext"]))
+        data: dict[str, str] = orjson.loads(open_sealed(self.keyring, sealed, f"user:{user_id}"))
+        return data
 
     async def sign_in(
         self, conn: asyncpg.Connection, *, tenant_id: str, email: str, password: str, now: datetime
@@ -84,8 +111,8 @@ class UserStore:
         async with conn.transaction():
             row = await conn.fetchrow(
                 "SELECT id, password_hash, failed_logins, locked_until FROM users "
-                "WHERE tenant_id = $1 AND email = $2 FOR UPDATE",
-                tenant_id, email.strip().lower(),
+                "WHERE tenant_id = $1 AND email_index = $2 FOR UPDATE",
+                tenant_id, self._index(tenant_id, email),
             )
             if row is None:
                 await self._verify(_DUMMY_HASH, password)  # same work as for a real user

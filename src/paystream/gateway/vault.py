@@ -12,6 +12,8 @@ from paystream.platform.crypto import Keyring, Sealed, open_sealed, rewrap, seal
 from paystream.platform.ids import new_id
 
 CARD_COLUMNS = "id, brand, last4, exp_month, exp_year, fingerprint, created_at"
+# Tables whose rows carry (kek_version, wrapped_dek, nonce, ciphertext).
+SEALED_TABLES = ("cards", "users")
 
 
 def card_view(row: Any) -> dict[str, Any]:
@@ -59,14 +61,17 @@ class CardVault:
         return open_sealed(self.keyring, sealed, _context(card_id))
 
     async def rewrap_all(self, conn: asyncpg.Connection, *, batch: int = 500) -> int:
-        """Re-wrap every data key not under the active KEK; returns how many were re-wrapped.
-        Online: each batch is its own short transaction, rows are never locked for long."""
+        """Re-wrap every data key (cards, users' personal data) not under the active KEK;
+        returns how many were re-wrapped. Online: each batch is its own short transaction."""
+        return sum([await self._rewrap_table(conn, table, batch) for table in SEALED_TABLES])
+
+    async def _rewrap_table(self, conn: asyncpg.Connection, table: str, batch: int) -> int:
         done = 0
         while True:
             async with conn.transaction():
                 rows = await conn.fetch(
-                    "SELECT id, kek_version, wrapped_dek FROM cards WHERE kek_version <> $1 "
-                    "LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    f"SELECT id, kek_version, wrapped_dek FROM {table} "
+                    "WHERE kek_version IS NOT NULL AND kek_version <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED",
                     self.keyring.active, batch,
                 )
                 if not rows:
@@ -74,6 +79,6 @@ class CardVault:
                 updates = [(r["id"], *rewrap(self.keyring, r["kek_version"], bytes(r["wrapped_dek"])))
                            for r in rows]
                 await conn.executemany(
-                    "UPDATE cards SET kek_version = $2, wrapped_dek = $3 WHERE id = $1", updates
+                    f"UPDATE {table} SET kek_version = $2, wrapped_dek = $3 WHERE id = $1", updates
                 )
                 done += len(rows)
