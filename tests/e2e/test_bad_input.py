@@ -865,3 +865,20 @@ async def test_a_streamed_body_past_the_limit_is_refused(world: World) -> None:
             },
         )
     assert_problem(response, 413, "payload_too_large")
+
+
+async def test_headers_past_the_limit_get_a_431_problem(world: World) -> None:
+    async with httpx.AsyncClient(base_url=world.info.gateway_url, timeout=10) as http:
+        response = await http.get("/v1/payments", headers={
+            "Authorization": f"Bearer {await world.admin.token()}", "X-Padding": "a" * 20_000})
+    assert_problem(response, 431, "headers_too_large")
+
+
+@pytest.mark.parametrize("depth", [17, 200, 5_000])
+async def test_json_nested_past_the_limit_is_refused(world: World, depth: int) -> None:
+    body = '{"currency": "USD", "metadata": {"x": ' + "[" * depth + "]" * depth + "}}"
+    async with httpx.AsyncClient(base_url=world.info.gateway_url, timeout=10) as http:
+        response = await http.post("/v1/accounts", content=body.encode(), headers={
+            "Authorization": f"Bearer {await world.admin.token()}", "Content-Type": "application/json"})
+    # orjson itself refuses past 1024 levels; below that the gateway's own limit answers.
+    assert_problem(response, 400, "json_too_deep" if depth < 1024 else "malformed_json")

@@ -40,6 +40,8 @@ from paystream.platform.observability import bound, get_logger
 log = get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024
+MAX_JSON_DEPTH = 16
 
 
 class ApiError(DomainError):
@@ -114,6 +116,9 @@ class Gateway:
         if not isinstance(data, dict):
             raise _Invalid([{"type": "model_type", "loc": ("body",),
                              "msg": "the body must be a JSON object"}])
+        if _deeper_than(data, MAX_JSON_DEPTH):
+            raise ApiError(400, "json_too_deep", "JSON nested too deeply",
+                           f"request bodies may nest objects and arrays {MAX_JSON_DEPTH} levels deep")
         try:
             model.model_validate(data)
         except ValidationError as exc:
@@ -557,8 +562,26 @@ def _oauth_error(status: int, error: str, description: str) -> Response:
                     headers=headers)
 
 
+class HeaderLimit:
+    """ASGI middleware: a request whose headers total more than ``limit`` bytes gets a 431
+    problem before any route sees it (httptools itself sets no limit)."""
+
+    def __init__(self, app: Any, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.limit:
+            response = problem(431, "headers_too_large", "Request header fields too large",
+                               f"request headers are limited to {self.limit} bytes in all")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def install_routes(app: FastAPI, gateway: Gateway) -> None:
     """Register the OAuth2, JWKS, clients and every forwarding route of `ROUTES`."""
+    app.add_middleware(HeaderLimit)
 
     async def jwks() -> Response:
         return JSONResponse(gateway.tokens.jwks(), headers={"Cache-Control": "max-age=60"})
@@ -623,3 +646,18 @@ async def read_limited(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise too_large
     return bytes(body)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``limit`` levels (iterative: a deep
+    body cannot exhaust the stack here)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return False
