@@ -156,6 +156,36 @@ def keys_rotate(
         raise typer.Exit(1) from None
 
 
+clients_app = typer.Typer(help="API clients (client credentials).", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+
+
+@clients_app.command("create")
+def clients_create(
+    name: Annotated[str, typer.Option(help="What the client is for.")],
+    tenant: Annotated[str, typer.Option(help="The tenant the client acts in.")] = "default",
+    scope: Annotated[list[str], typer.Option("--scope", help="A scope to grant (repeat).")] = [],  # noqa: B006
+    home: HomeOption = Path(".paystream"),
+) -> None:
+    """Create an API client; its secret is printed once and never stored in clear."""
+    import json as json_module
+
+    from paystream.contracts.api import ClientCreate
+    from paystream.gateway.keys import create_client
+
+    try:
+        spec = ClientCreate.model_validate({"name": name, "tenant": tenant, "scopes": scope})
+    except ValueError as exc:
+        console.print(f"[red]invalid client:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        created = asyncio.run(create_client(home, name=spec.name, tenant=spec.tenant, scopes=list(spec.scopes)))
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    print(json_module.dumps(created, indent=2))
+
+
 audit_app = typer.Typer(help="The audit log of state-changing requests.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

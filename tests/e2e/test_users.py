@@ -99,3 +99,31 @@ async def test_a_short_password_is_refused(stack: UpProcess, client: PaystreamCl
                                     json_body={"email": "short@example.com", "password": "short", "name": "S"})
     assert response.status_code == 422
     assert any(e["field"] == "password" for e in response.json()["errors"])
+
+
+async def test_a_client_created_from_the_command_line_can_sign_in(stack: UpProcess) -> None:
+    import asyncio
+    import json
+    import subprocess
+    import sys
+
+    assert stack.info is not None
+    made = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "paystream", "clients", "create", "--home", str(stack.home),
+        "--name", "wallet app", "--scope", "accounts:read", "--scope", "payments:read"],
+        capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    created = json.loads(made.stdout)
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=10) as http:
+        token = await http.post("/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": created["client_id"],
+            "client_secret": created["client_secret"]})
+        assert token.status_code == 200
+        assert token.json()["scope"] == "accounts:read payments:read"
+        write = await http.post("/v1/accounts", json={"currency": "USD"},
+                                headers=_bearer(token.json()["access_token"]))
+    assert write.status_code == 403
+    refused = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "paystream", "clients", "create", "--home", str(stack.home),
+        "--name", "x", "--scope", "superpowers"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "Traceback" not in refused.stdout + refused.stderr

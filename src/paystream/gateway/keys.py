@@ -15,7 +15,9 @@ from pathlib import Path
 
 import asyncpg
 
-from paystream.gateway.store import KeyStore
+from paystream.gateway.audit import AuditRecord
+from paystream.gateway.audit import append as append_audit
+from paystream.gateway.store import ClientStore, KeyStore
 from paystream.gateway.tokens import ALGORITHM, LEEWAY_SECONDS, new_signing_key
 from paystream.gateway.vault import CardVault
 from paystream.platform.config import load_settings
@@ -73,3 +75,17 @@ async def rotate_encryption_key(home: Path) -> tuple[str, int]:
     finally:
         await pool.close()
     return version, rewrapped
+
+
+async def create_client(home: Path, *, name: str, tenant: str, scopes: list[str]) -> dict[str, object]:
+    """`paystream clients create`: an API client made from the command line (and audited)."""
+    pool = await gateway_pool(home)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            row, secret = await ClientStore().create_client(conn, tenant_id=tenant, name=name, scopes=scopes)
+            await append_audit(conn, AuditRecord(actor="cli", source="local", action="POST /v1/clients",
+                                                 outcome=201, tenant_id=tenant, object_id=row["id"]))
+    finally:
+        await pool.close()
+    return {"client_id": row["id"], "client_secret": secret, "name": row["name"], "tenant": row["tenant_id"],
+            "scopes": list(row["scopes"])}
