@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import asyncpg
 import httpx
 import jwt
 
@@ -53,3 +54,10 @@ async def test_rotation_signs_with_the_new_key_and_old_tokens_keep_working() -> 
         async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=5) as http:
             kids = {key["kid"] for key in (await http.get("/.well-known/jwks.json")).json()["keys"]}
         assert {old_kid, new_kid} <= kids
+        conn = await asyncpg.connect(stack.info.postgres_url)
+        try:
+            audited = {r["action"] for r in await conn.fetch(
+                "SELECT action FROM gateway.audit_log WHERE actor = 'cli'")}
+        finally:
+            await conn.close()
+        assert {"keys rotate signing", "keys rotate encryption"} <= audited  # admin actions are audited

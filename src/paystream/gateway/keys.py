@@ -47,6 +47,8 @@ async def rotate_signing_key(home: Path) -> tuple[str, datetime]:
                 conn, kid=kid, algorithm=ALGORITHM, private_pem=pem, public_jwk=jwk,
                 verify_for_seconds=settings.token_ttl_seconds + LEEWAY_SECONDS,
             )
+            await append_audit(conn, AuditRecord(actor="cli", source="local", action="keys rotate signing",
+                                                 outcome=200, object_id=kid))
     finally:
         await pool.close()
     return kid, retire_at
@@ -72,6 +74,8 @@ async def rotate_encryption_key(home: Path) -> tuple[str, int]:
             rewrapped = await vault.rewrap_all(conn)
             await asyncio.sleep(settings.signing_keys_refresh_seconds + 1)
             rewrapped += await vault.rewrap_all(conn)
+            await append_audit(conn, AuditRecord(actor="cli", source="local", action="keys rotate encryption",
+                                                 outcome=200, object_id=version))
     finally:
         await pool.close()
     return version, rewrapped
