@@ -201,8 +201,18 @@ class Gateway:
             await self._audit(action, request, status, response)
 
     async def _audit(self, action: str, request: Request, status: int, response: Response | None) -> None:
+        if getattr(request.state, "audited", False):
+            return  # appended with the idempotency record, in the same transaction
+        record = self._audit_record(action, request, status, response)
+        try:
+            async with self.pool.acquire() as conn:
+                await append_audit(conn, record)
+        except Exception as exc:  # the request happened; losing its record must be loud
+            log.error("audit_append_failed", action=action, outcome=status, error=repr(exc))
+
+    def _audit_record(self, action: str, request: Request, status: int, response: Response | None) -> AuditRecord:
         principal: Principal | None = getattr(request.state, "principal", None)
-        record = AuditRecord(
+        return AuditRecord(
             actor=principal.client_id if principal else getattr(request.state, "actor", None) or "anonymous",
             user_id=principal.user_id if principal else None,
             tenant_id=principal.tenant_id if principal else None,
@@ -214,11 +224,6 @@ class Gateway:
             ),
             correlation_id=response.headers.get("x-correlation-id") if response is not None else None,
         )
-        try:
-            async with self.pool.acquire() as conn:
-                await append_audit(conn, record)
-        except Exception as exc:  # the request happened; losing its record must be loud
-            log.error("audit_append_failed", action=action, outcome=status, error=repr(exc))
 
     async def handle(self, route: Route, request: Request) -> Response:
         principal = self.authenticate(request)
@@ -292,11 +297,16 @@ class Gateway:
         if response.status_code >= 500:
             await self._abandon(principal.client_id, key)
             return response
-        async with self.pool.acquire() as conn:
+        # The stored answer and the audit record in one commit (one WAL flush, one round trip
+        # fewer than appending the record on its own).
+        record = self._audit_record(f"{route.method} {route.path}", request, response.status_code, response)
+        async with self.pool.acquire() as conn, conn.transaction():
             await self.idempotency.finish(
                 conn, principal.client_id, key, response.status_code, bytes(response.body),
                 response.media_type or "application/json",
             )
+            await append_audit(conn, record)
+        request.state.audited = True
         return response
 
     async def _abandon(self, client_id: str, key: str) -> None:
