@@ -7,12 +7,10 @@ and then forwarded to the service that owns the resource.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
 
 import asyncpg
@@ -26,6 +24,19 @@ from paystream.gateway.audit import AuditRecord
 from paystream.gateway.audit import append as append_audit
 from paystream.gateway.cards import CardRejected, check_cvc, check_expiry, parse_number
 from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, parse_scope, valid_idempotency_key
+from paystream.gateway.edge import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    ApiError,
+    HeaderLimit,
+    basic_credentials,
+    deeper_than,
+    nul_error,
+    nul_errors,
+    oauth_error,
+    object_id,
+    read_limited,
+)
 from paystream.gateway.ratelimit import LimiterUnavailable, RateLimiter
 from paystream.gateway.routes import ROUTES, Route, route_class
 from paystream.gateway.store import ClientStore, IdempotencyStore, secret_matches
@@ -38,19 +49,7 @@ from paystream.platform.internal import InternalClient
 from paystream.platform.observability import bound, get_logger
 
 log = get_logger(__name__)
-
-MAX_BODY_BYTES = 64 * 1024
-MAX_HEADER_BYTES = 16 * 1024
-MAX_JSON_DEPTH = 16
-
-
-class ApiError(DomainError):
-    """A problem answered at the edge, with its own status and code."""
-
-    def __init__(self, status: int, code: str, title: str, detail: str) -> None:
-        super().__init__(detail, code=code)
-        self.status = status
-        self.title = title
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def unauthorized() -> Response:
@@ -116,7 +115,7 @@ class Gateway:
         if not isinstance(data, dict):
             raise _Invalid([{"type": "model_type", "loc": ("body",),
                              "msg": "the body must be a JSON object"}])
-        if _deeper_than(data, MAX_JSON_DEPTH):
+        if deeper_than(data, MAX_JSON_DEPTH):
             raise ApiError(400, "json_too_deep", "JSON nested too deeply",
                            f"request bodies may nest objects and arrays {MAX_JSON_DEPTH} levels deep")
         try:
@@ -125,7 +124,7 @@ class Gateway:
             raise _Invalid(exc.errors(include_url=False)) from None
         # PostgreSQL text cannot hold U+0000: refuse it here rather than fail with a 500
         # downstream. The body matches its schema by now, so it is only a few levels deep.
-        nul = _nul_errors(data, ("body",))
+        nul = nul_errors(data, ("body",))
         if nul:
             raise _Invalid(nul)
         return data
@@ -153,7 +152,7 @@ class Gateway:
         )
         headers = {"x-correlation-id": correlation_id}
         log.info("api_request", method=route.method, route=route.path,
-                 status=upstream.status_code, object_id=_object_id(upstream.content))
+                 status=upstream.status_code, object_id=object_id(upstream.content))
         return Response(
             upstream.content,
             status_code=upstream.status_code,
@@ -220,7 +219,7 @@ class Gateway:
             action=action,
             outcome=status,
             object_id=getattr(request.state, "object_id", None) or (
-                _object_id(bytes(response.body)) if response is not None and status < 300 else None
+                object_id(bytes(response.body)) if response is not None and status < 300 else None
             ),
             correlation_id=response.headers.get("x-correlation-id") if response is not None else None,
         )
@@ -240,8 +239,8 @@ class Gateway:
         correlation_id = request.headers.get("x-correlation-id", "")[:128] or uuid.uuid4().hex
         with bound(correlation_id=correlation_id, client_id=principal.client_id):
             nul = [
-                *(_nul_error(("path", k)) for k, v in request.path_params.items() if "\x00" in v),
-                *(_nul_error(("query", k)) for k, v in request.query_params.multi_items()
+                *(nul_error(("path", k)) for k, v in request.path_params.items() if "\x00" in v),
+                *(nul_error(("query", k)) for k, v in request.query_params.multi_items()
                   if "\x00" in k or "\x00" in v),
             ]
             if nul:
@@ -322,16 +321,16 @@ class Gateway:
         try:
             raw = await read_limited(request, 8192)
         except ApiError:
-            return _oauth_error(413, "invalid_request", "request too large")
+            return oauth_error(413, "invalid_request", "request too large")
         content_type = request.headers.get("content-type", "")
         if "application/x-www-form-urlencoded" not in content_type.lower():
-            return _oauth_error(400, "invalid_request", "send the form as application/x-www-form-urlencoded")
+            return oauth_error(400, "invalid_request", "send the form as application/x-www-form-urlencoded")
         try:
             form = {k: v[0] for k, v in parse_qs(raw.decode(), strict_parsing=False).items()}
         except UnicodeDecodeError:
-            return _oauth_error(400, "invalid_request", "the form is not valid UTF-8")
+            return oauth_error(400, "invalid_request", "the form is not valid UTF-8")
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
-        basic = _basic_credentials(request.headers.get("authorization", ""))
+        basic = basic_credentials(request.headers.get("authorization", ""))
         if basic is not None:
             client_id, client_secret = basic
         request.state.actor = client_id[:64] if client_id else None
@@ -344,17 +343,17 @@ class Gateway:
         if grant_type == "refresh_token":
             return await self._refresh_grant(form, client_id, client_secret)
         if grant_type != "client_credentials":
-            return _oauth_error(400, "unsupported_grant_type",
+            return oauth_error(400, "unsupported_grant_type",
                                 "grant_type must be client_credentials, password or refresh_token")
         if not client_id or not client_secret or len(client_id) > 64 or len(client_secret) > 256:
-            return _oauth_error(401, "invalid_client", "client authentication failed")
+            return oauth_error(401, "invalid_client", "client authentication failed")
         async with self.pool.acquire() as conn:
             client = await self.clients.get_client(conn, client_id)
         if client is None or client["disabled"] or not secret_matches(client_secret, client["secret_hash"]):
-            return _oauth_error(401, "invalid_client", "client authentication failed")
+            return oauth_error(401, "invalid_client", "client authentication failed")
         scopes = parse_scope(form.get("scope"), frozenset(client["scopes"]))
         if scopes is None:
-            return _oauth_error(400, "invalid_scope", "a requested scope is not granted to this client")
+            return oauth_error(400, "invalid_scope", "a requested scope is not granted to this client")
         token = self.tokens.issue(client_id=client["id"], tenant_id=client["tenant_id"], scopes=scopes)
         return JSONResponse(
             {"access_token": token, "token_type": "Bearer", "expires_in": self.tokens.ttl,
@@ -387,22 +386,22 @@ class Gateway:
     async def _password_grant(self, form: dict[str, str], client_id: str | None,
                               client_secret: str | None) -> Response:
         if self.users is None:
-            return _oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
+            return oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
         client = await self._wallet_client(client_id, client_secret)
         if client is None:
-            return _oauth_error(401, "invalid_client", "client authentication failed")
+            return oauth_error(401, "invalid_client", "client authentication failed")
         username, password = form.get("username", ""), form.get("password", "")
         scopes = parse_scope(form.get("scope"), USER_SCOPES & frozenset(client["scopes"]))
         if scopes is None:
-            return _oauth_error(400, "invalid_scope", "a requested scope is not granted to users")
+            return oauth_error(400, "invalid_scope", "a requested scope is not granted to users")
         now = datetime.now(UTC)
         if not username or not password or len(username) > 320 or len(password) > 1024:
-            return _oauth_error(400, "invalid_grant", "the user credentials are not valid")
+            return oauth_error(400, "invalid_grant", "the user credentials are not valid")
         async with self.pool.acquire() as conn:
             user = await self.users.sign_in(conn, tenant_id=client["tenant_id"], email=username,
                                             password=password, now=now)
             if user is None:
-                return _oauth_error(400, "invalid_grant", "the user credentials are not valid")
+                return oauth_error(400, "invalid_grant", "the user credentials are not valid")
             refresh = await self.users.issue_refresh(
                 conn, user_id=user.user_id, tenant_id=user.tenant_id, client_id=client["id"],
                 scopes=sorted(scopes), now=now,
@@ -413,23 +412,27 @@ class Gateway:
     async def _refresh_grant(self, form: dict[str, str], client_id: str | None,
                              client_secret: str | None) -> Response:
         if self.users is None:
-            return _oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
+            return oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
         client = await self._wallet_client(client_id, client_secret)
         if client is None:
-            return _oauth_error(401, "invalid_client", "client authentication failed")
+            return oauth_error(401, "invalid_client", "client authentication failed")
         presented = form.get("refresh_token", "")
         if not presented or len(presented) > 256:
-            return _oauth_error(400, "invalid_grant", "the refresh token is not valid")
+            return oauth_error(400, "invalid_grant", "the refresh token is not valid")
         async with self.pool.acquire() as conn:
             refreshed = await self.users.rotate_refresh(conn, token=presented, client_id=client["id"],
                                                         now=datetime.now(UTC))
         if refreshed is None:
-            return _oauth_error(400, "invalid_grant", "the refresh token is not valid")
+            return oauth_error(400, "invalid_grant", "the refresh token is not valid")
         return self._user_tokens(client_id=client["id"], tenant_id=refreshed.tenant_id,
                                  user_id=refreshed.user_id, scopes=refreshed.scopes,
                                  refresh_token=refreshed.refresh_token)
 
-    async def create_card(self, request: Request) -> Response:
+    async def _local_write(
+        self, request: Request, scope: str, model: type[ModelT], *, users_may: bool = True
+    ) -> tuple[Principal, ModelT] | Response:
+        """What every write the gateway serves itself does first: authenticate, rate-limit,
+        check the scope, validate the body. Returns the caller and the body, or the answer."""
         principal = self.authenticate(request)
         request.state.principal = principal
         limited = await self.rate_limit("write", request, principal.client_id if principal else None)
@@ -437,15 +440,21 @@ class Gateway:
             return limited
         if principal is None:
             return unauthorized()
-        if "cards:write" not in principal.scopes:
-            return problem(403, "insufficient_scope", "Forbidden", "this route needs the cards:write scope")
-        if self.vault is None:
-            return problem(503, "vault_unavailable", "Service unavailable", "the card vault has no keyring")
+        if scope not in principal.scopes or (principal.user_id is not None and not users_may):
+            return problem(403, "insufficient_scope", "Forbidden", f"this route needs the {scope} scope")
         try:
-            body = await self.parse_body(request, CardCreate, True)
+            body = await self.parse_body(request, model, True)
         except _Invalid as exc:
             return validation_problem_from(exc.errors)
-        spec = CardCreate.model_validate(body)
+        return principal, model.model_validate(body)
+
+    async def create_card(self, request: Request) -> Response:
+        checked = await self._local_write(request, "cards:write", CardCreate)
+        if isinstance(checked, Response):
+            return checked
+        principal, spec = checked
+        if self.vault is None:
+            return problem(503, "vault_unavailable", "Service unavailable", "the card vault has no keyring")
         today = datetime.now(UTC)
         try:
             card = parse_number(spec.number)
@@ -461,22 +470,12 @@ class Gateway:
         return JSONResponse(card_view(row), status_code=201)
 
     async def create_user(self, request: Request) -> Response:
-        principal = self.authenticate(request)
-        request.state.principal = principal
-        limited = await self.rate_limit("write", request, principal.client_id if principal else None)
-        if limited is not None:
-            return limited
-        if principal is None:
-            return unauthorized()
-        if "users:write" not in principal.scopes or principal.user_id is not None:
-            return problem(403, "insufficient_scope", "Forbidden", "this route needs the users:write scope")
+        checked = await self._local_write(request, "users:write", UserCreate, users_may=False)
+        if isinstance(checked, Response):
+            return checked
+        principal, spec = checked
         if self.users is None:
             return problem(503, "vault_unavailable", "Service unavailable", "users need the vault's keyring")
-        try:
-            body = await self.parse_body(request, UserCreate, True)
-        except _Invalid as exc:
-            return validation_problem_from(exc.errors)
-        spec = UserCreate.model_validate(body)
         try:
             async with self.pool.acquire() as conn:
                 row = await self.users.create(conn, tenant_id=principal.tenant_id, email=spec.email,
@@ -487,17 +486,10 @@ class Gateway:
         return JSONResponse(row, status_code=201)
 
     async def create_client(self, request: Request) -> Response:
-        principal = self.authenticate(request)
-        request.state.principal = principal
-        if principal is None:
-            return unauthorized()
-        if "admin" not in principal.scopes:
-            return problem(403, "insufficient_scope", "Forbidden", "this route needs the admin scope")
-        try:
-            body = await self.parse_body(request, ClientCreate, True)
-        except _Invalid as exc:
-            return validation_problem_from(exc.errors)
-        spec = ClientCreate.model_validate(body)
+        checked = await self._local_write(request, "admin", ClientCreate, users_may=False)
+        if isinstance(checked, Response):
+            return checked
+        principal, spec = checked
         async with self.pool.acquire() as conn:
             row, secret = await self.clients.create_client(
                 conn, tenant_id=spec.tenant, name=spec.name, scopes=spec.scopes
@@ -520,73 +512,6 @@ class _Invalid(Exception):
 
 def validation_problem_from(errors: Sequence[Any]) -> Response:
     return validation_problem(RequestValidationError(errors))
-
-
-def _nul_error(loc: tuple[Any, ...]) -> dict[str, Any]:
-    return {"type": "string_nul", "loc": loc, "msg": "must not contain NUL (U+0000) characters"}
-
-
-def _nul_errors(value: Any, loc: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """Where a parsed JSON value holds a string (or object key) containing U+0000."""
-    if isinstance(value, str):
-        return [_nul_error(loc)] if "\x00" in value else []
-    errors: list[dict[str, Any]] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if "\x00" in key:
-                errors.append(_nul_error(loc))
-            errors += _nul_errors(item, (*loc, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            errors += _nul_errors(item, (*loc, index))
-    return errors
-
-
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    client_id, sep, secret = decoded.partition(":")
-    return (client_id, secret) if sep else None
-
-
-def _oauth_error(status: int, error: str, description: str) -> Response:
-    """RFC 6749 error members inside an RFC 9457 problem, so both kinds of client understand."""
-    body = {
-        "type": f"https://paystream.dev/problems/{error}",
-        "title": {400: "Bad request", 401: "Unauthorized", 413: "Payload too large"}[status],
-        "status": status,
-        "detail": description,
-        "code": error,
-        "error": error,
-        "error_description": description,
-    }
-    headers = {"Cache-Control": "no-store"}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="paystream"'
-    return Response(orjson.dumps(body), status_code=status, media_type="application/problem+json",
-                    headers=headers)
-
-
-class HeaderLimit:
-    """ASGI middleware: a request whose headers total more than ``limit`` bytes gets a 431
-    problem before any route sees it (httptools itself sets no limit)."""
-
-    def __init__(self, app: Any, limit: int = MAX_HEADER_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.limit:
-            response = problem(431, "headers_too_large", "Request header fields too large",
-                               f"request headers are limited to {self.limit} bytes in all")
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def install_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -634,40 +559,3 @@ def _endpoint(gateway: Gateway, route: Route) -> Callable[[Request], Awaitable[R
     return change
 
 
-def _object_id(content: bytes) -> str | None:
-    """The ``id`` of the object an upstream answer carries (for the request log line)."""
-    if not content.startswith(b'{"id":"'):
-        return None
-    end = content.find(b'"', 7)
-    return content[7:end].decode("ascii", "replace") if 0 < end <= 80 else None
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes:
-    from its Content-Length before reading anything, or while it streams in."""
-    too_large = ApiError(413, "payload_too_large", "Payload too large",
-                         f"request bodies are limited to {limit} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests objects/arrays more than ``limit`` levels (iterative: a deep
-    body cannot exhaust the stack here)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
-    return False
