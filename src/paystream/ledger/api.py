@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -62,10 +63,22 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
         return JSONResponse(account_view(row), status_code=201)
 
     @router.get("/accounts/{account_id}")
-    async def get_account(account_id: str, caller: Caller = Depends(auth)) -> JSONResponse:
+    async def get_account(
+        account_id: str,
+        caller: Caller = Depends(auth),
+        as_of: Annotated[datetime | None, Query(description="the balance as it stood at this instant")] = None,
+    ) -> JSONResponse:
         async with pool.acquire() as conn:
             row = await visible_account(conn, caller, account_id)
-        return JSONResponse(account_view(row))
+            if as_of is None:
+                return JSONResponse(account_view(row))
+            if as_of.tzinfo is None:
+                raise Invalid("as_of needs a time zone, e.g. 2026-11-21T12:00:00Z", code="invalid_as_of")
+            debits, credits = await store.posted_as_of(conn, account_id, as_of)
+        # Entries are the truth the running totals summarise; nothing was pending then.
+        then = {**dict(row), "debits_posted": debits, "credits_posted": credits,
+                "debits_pending": 0, "credits_pending": 0}
+        return JSONResponse(account_view(then))
 
     @router.get("/accounts/{account_id}/entries")
     async def list_entries(

@@ -8,7 +8,7 @@ handful of set-based statements. Entries are appended to the ledger's hash chain
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ _ACCOUNT_COLUMNS = (
 )
 
 
-def _state(row: asyncpg.Record) -> AccountState:
+def _state(row: Mapping[str, Any]) -> AccountState:
     return AccountState(
         id=row["id"],
         tenant_id=row["tenant_id"],
@@ -38,7 +38,7 @@ def _state(row: asyncpg.Record) -> AccountState:
     )
 
 
-def account_view(row: asyncpg.Record) -> dict[str, Any]:
+def account_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """The public account object for a row."""
     state = _state(row)
     return {
@@ -105,6 +105,19 @@ class LedgerStore:
             "AND kind = 'wallet'",
             account_id, tenant_id,
         )
+
+    async def posted_as_of(
+        self, conn: asyncpg.Connection, account_id: str, as_of: datetime
+    ) -> tuple[int, int]:
+        """(debits, credits) posted to the account up to ``as_of``, from its entries alone."""
+        row = await conn.fetchrow(
+            "SELECT coalesce(sum(amount) FILTER (WHERE direction = 'debit'), 0) AS debits, "
+            "coalesce(sum(amount) FILTER (WHERE direction = 'credit'), 0) AS credits "
+            "FROM entries WHERE account_id = $1 AND created_at <= $2",
+            account_id, as_of,
+        )
+        assert row is not None
+        return int(row["debits"]), int(row["credits"])
 
     async def list_entries(
         self,
