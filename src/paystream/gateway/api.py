@@ -362,16 +362,19 @@ class Gateway:
         )
 
     async def _wallet_client(self, client_id: str | None, client_secret: str | None) -> Any:
-        """The client a user signs in through: it must exist and be enabled; a secret, if
-        sent, must be right (wallet apps are public clients and send none)."""
+        """The client a user signs in through (or the OAuth error to answer): it must exist
+        and be enabled; a secret, if sent, must be right (wallet apps are public clients)."""
+        if self.users is None:
+            return oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
+        refused = oauth_error(401, "invalid_client", "client authentication failed")
         if not client_id or len(client_id) > 64 or (client_secret is not None and len(client_secret) > 256):
-            return None
+            return refused
         async with self.pool.acquire() as conn:
             client = await self.clients.get_client(conn, client_id)
         if client is None or client["disabled"]:
-            return None
+            return refused
         if client_secret is not None and not secret_matches(client_secret, client["secret_hash"]):
-            return None
+            return refused
         return client
 
     def _user_tokens(self, *, client_id: str, tenant_id: str, user_id: str, scopes: frozenset[str],
@@ -385,11 +388,10 @@ class Gateway:
 
     async def _password_grant(self, form: dict[str, str], client_id: str | None,
                               client_secret: str | None) -> Response:
-        if self.users is None:
-            return oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
         client = await self._wallet_client(client_id, client_secret)
-        if client is None:
-            return oauth_error(401, "invalid_client", "client authentication failed")
+        if isinstance(client, Response):
+            return client
+        assert self.users is not None
         username, password = form.get("username", ""), form.get("password", "")
         scopes = parse_scope(form.get("scope"), USER_SCOPES & frozenset(client["scopes"]))
         if scopes is None:
@@ -411,11 +413,10 @@ class Gateway:
 
     async def _refresh_grant(self, form: dict[str, str], client_id: str | None,
                              client_secret: str | None) -> Response:
-        if self.users is None:
-            return oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
         client = await self._wallet_client(client_id, client_secret)
-        if client is None:
-            return oauth_error(401, "invalid_client", "client authentication failed")
+        if isinstance(client, Response):
+            return client
+        assert self.users is not None
         presented = form.get("refresh_token", "")
         if not presented or len(presented) > 256:
             return oauth_error(400, "invalid_grant", "the refresh token is not valid")

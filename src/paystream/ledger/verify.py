@@ -28,17 +28,17 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from rich.table import Table
 
 from paystream.ledger import checkpoints as cp
 from paystream.ledger.chain import GENESIS, EntryFields, entry_hash
 from paystream.ledger.domain import AccountState
-from paystream.tools.invariants import Check
+from paystream.platform.checks import Check, CheckReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,29 +66,10 @@ class Checkpoint:
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(CheckReport):
     """The checks' outcomes, shown like `paystream check` shows the invariants."""
 
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
-
-    def table(self) -> Table:
-        table = Table(title="Ledger verification")
-        table.add_column("check")
-        table.add_column("result")
-        table.add_column("detail")
-        for check in self.checks:
-            table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
-        return table
-
-    def __str__(self) -> str:
-        return "\n".join(f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.detail}" for c in self.checks)
+    title: ClassVar[str] = "Ledger verification"
 
 
 # --------------------------------------------------------------------------- pure checks

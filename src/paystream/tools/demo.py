@@ -25,10 +25,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from rich.console import Console
 from rich.table import Table
 
+from paystream.platform.checks import Check, CheckReport
 from paystream.platform.config import load_settings
 from paystream.tools.client import PaystreamClient, StackInfo
 from paystream.tools.invariants import check_invariants
@@ -201,13 +203,6 @@ class AlternatingReviewer:
 # -- checks -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CheckLine:
-    name: str
-    ok: bool
-    detail: str
-
-
 def scenario_problem(scenario: str, tracked: Sequence[Tracked]) -> str | None:
     """What is wrong with how one scenario's payments ended; None when all is as expected."""
     wrong = 0
@@ -264,7 +259,7 @@ def _getter(client: PaystreamClient, wallet: str):  # type: ignore[no-untyped-de
 # -- tables -------------------------------------------------------------------------------------
 
 
-def scenario_table(result: LoadResult) -> tuple[Table, list[CheckLine]]:
+def scenario_table(result: LoadResult) -> tuple[Table, list[Check]]:
     table = Table(title="Scenarios: what each kind of transfer did")
     for column in ("scenario", "sent", "succeeded", "declined", "failed", "other", "as expected"):
         table.add_column(column, justify="left" if column == "scenario" else "right")
@@ -278,7 +273,7 @@ def scenario_table(result: LoadResult) -> tuple[Table, list[CheckLine]]:
             str(statuses["failed"]), str(statuses["other"]),
             "[green]yes[/green]" if problem is None else f"[red]{problem}[/red]",
         )
-        checks.append(CheckLine(f"scenario {scenario}", problem is None, problem or "as expected"))
+        checks.append(Check(f"scenario {scenario}", problem is None, problem or "as expected"))
     return table, checks
 
 
@@ -301,7 +296,7 @@ def webhook_table(receiver: WebhookReceiver, results: Sequence[LoadResult]) -> T
     return table
 
 
-def balance_table(expected: dict[str, int], actual: dict[str, int]) -> tuple[Table, CheckLine]:
+def balance_table(expected: dict[str, int], actual: dict[str, int]) -> tuple[Table, Check]:
     mismatched = [w for w in expected if expected[w] != actual.get(w)]
     table = Table(title="Balances: what the demo expects vs. GET /v1/accounts/{id}")
     table.add_column("figure")
@@ -314,17 +309,11 @@ def balance_table(expected: dict[str, int], actual: dict[str, int]) -> tuple[Tab
     for wallet in mismatched[:5]:
         table.add_row(f"[red]{wallet}[/red]", f"expected {expected[wallet]:,}, posted {actual.get(wallet)}")
     detail = f"{len(expected)} wallets match" if not mismatched else f"{len(mismatched)} wallets differ"
-    return table, CheckLine("balances match", not mismatched, detail)
+    return table, Check("balances match", not mismatched, detail)
 
 
-def checks_table(checks: Sequence[CheckLine]) -> Table:
-    table = Table(title="Demo checks")
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("detail")
-    for check in checks:
-        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
-    return table
+class DemoChecks(CheckReport):
+    title: ClassVar[str] = "Demo checks"
 
 
 # -- the demo -----------------------------------------------------------------------------------
@@ -419,7 +408,7 @@ async def _report(
     info: StackInfo, result: LoadResult, funding: LoadResult, receiver: WebhookReceiver,
     expected: dict[str, int], actual: dict[str, int], reviewer: AlternatingReviewer, console: Console,
 ) -> bool:
-    checks: list[CheckLine] = []
+    checks: list[Check] = []
     console.print(outcome_table(result, "Final status of the transfers"))
     scenarios, scenario_checks = scenario_table(result)
     console.print(scenarios)
@@ -431,21 +420,21 @@ async def _report(
     console.print(balances)
     checks.append(balance_check)
     rejected = sum(result.rejections().values())
-    checks.append(CheckLine("every transfer accepted", rejected == 0,
+    checks.append(Check("every transfer accepted", rejected == 0,
                             f"{len(result.accepted)} answered 202" if rejected == 0
                             else f"{rejected} not accepted"))
     unsettled = len(result.unsettled)
-    checks.append(CheckLine("every transfer terminal", unsettled == 0,
+    checks.append(Check("every transfer terminal", unsettled == 0,
                             f"{len(result.settled)} terminal" if unsettled == 0
                             else f"{unsettled} still open"))
     stats = receiver.stats
-    checks.append(CheckLine("webhook signatures valid", stats.invalid == 0 and stats.valid > 0,
+    checks.append(Check("webhook signatures valid", stats.invalid == 0 and stats.valid > 0,
                             f"{stats.valid} valid, {stats.invalid} invalid"))
     report = await check_invariants(info.postgres_url)
     console.print(report.table())
-    checks.append(CheckLine("database invariants", report.ok,
+    checks.append(Check("database invariants", report.ok,
                             "all hold" if report.ok else f"{len(report.failures())} failed"))
-    console.print(checks_table(checks))
+    console.print(DemoChecks(checks).table())
     ok = all(check.ok for check in checks)
     verdict = "[bold green]demo passed[/bold green]" if ok else "[bold red]demo FAILED[/bold red]"
     console.print(verdict)

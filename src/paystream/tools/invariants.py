@@ -16,45 +16,21 @@ the cluster's admin URL from ``stack.json``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import asyncpg
-from rich.table import Table
 
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
+from paystream.platform.checks import Check, CheckReport
 
 
 @dataclass
-class InvariantReport:
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
+class InvariantReport(CheckReport):
+    title: ClassVar[str] = "Invariants"
 
     def add(self, name: str, bad: int, detail_ok: str, detail_bad: str) -> None:
         self.checks.append(Check(name, bad == 0, detail_ok if bad == 0 else detail_bad))
-
-    def table(self) -> Table:
-        table = Table(title="Invariants")
-        table.add_column("check")
-        table.add_column("result")
-        table.add_column("detail")
-        for check in self.checks:
-            table.add_row(check.name, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
-        return table
-
-    def __str__(self) -> str:
-        return "\n".join(f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.detail}" for c in self.checks)
 
 
 async def check_invariants(postgres_url: str, *, settled: bool = True) -> InvariantReport:
