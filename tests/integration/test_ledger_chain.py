@@ -164,7 +164,7 @@ async def test_a_changed_balance_is_named(ledger: Any, admin_pool: asyncpg.Pool,
 
 async def test_a_forbidden_overdraft_is_named(ledger: Any, admin_pool: asyncpg.Pool, postgres_url: str) -> None:
     db, accounts = ledger
-    await _tamper(postgres_url, db.schema, "ALTER TABLE accounts DROP CONSTRAINT no_forbidden_overdraft")
+    await _tamper(postgres_url, db.schema, "ALTER TABLE accounts DROP CONSTRAINT within_lower_limit")
     await _tamper(postgres_url, db.schema,
                   "UPDATE accounts SET debits_posted = debits_posted + 10000 WHERE id = $1", accounts["alice"])
     overdraft = _check(await _verify(admin_pool, db.schema), "no forbidden overdraft")
@@ -218,7 +218,7 @@ async def test_migration_002_chains_existing_rows_the_way_the_store_does(
         )
         monkeypatch.setattr(migrations, "migrations_for", full)
         applied = await migrations.migrate(conn, service="ledger", schema=schema, password="pw-one")
-    assert applied == ["ledger/002_chain", "ledger/003_checkpoints"]
+    assert applied == ["ledger/002_chain", "ledger/003_checkpoints", "ledger/004_holds"]
 
     async with admin_pool.acquire() as conn:
         chained = await conn.fetch(f'SELECT transfer_id, seq FROM "{schema}".entries ORDER BY seq')

@@ -123,7 +123,7 @@ async def _post(conn: asyncpg.Connection, *requests: TransferRequest) -> BatchRe
 
 async def _posted_balance(conn: asyncpg.Connection, account_id: str) -> int:
     row = await conn.fetchrow(
-        "SELECT id, tenant_id, currency, allow_overdraft, owner_user_id, metadata, normal_balance, "
+        "SELECT id, tenant_id, currency, allow_overdraft, lower_limit, owner_user_id, metadata, normal_balance, "
         "debits_posted, credits_posted, debits_pending, credits_pending, created_at "
         "FROM accounts WHERE id = $1",
         account_id,

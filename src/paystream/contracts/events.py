@@ -13,24 +13,35 @@ import msgspec
 
 from paystream.contracts.envelope import Envelope
 
-PaymentKind = Literal["transfer", "deposit"]
+PaymentKind = Literal["transfer", "deposit", "refund"]
 
 
 class PaymentOrder(msgspec.Struct, frozen=True, kw_only=True):
-    """What a payment asks the ledger to do; carried through fraud to the ledger."""
+    """What a payment asks the ledger to do; carried through fraud to the ledger.
+
+    A refund (``kind="refund"``) names the payment it reverses in ``refund_of``; the ledger
+    takes its accounts from that payment's posted transfer. A payment across currencies
+    carries the amount its destination receives in ``destination_amount`` and
+    ``destination_currency`` (both None when the currencies are the same).
+    """
 
     payment_id: str
     tenant_id: str
     kind: PaymentKind
     source_account_id: str | None
-    destination_account_id: str
+    destination_account_id: str | None
     amount: int
     currency: str
+    refund_of: str | None = None
+    destination_amount: int | None = None
+    destination_currency: str | None = None
 
     @property
     def account_key(self) -> str:
         """The account the payment's events are partitioned by."""
-        return self.source_account_id or self.destination_account_id
+        key = self.source_account_id or self.destination_account_id
+        assert key is not None, "a payment touches at least one wallet"
+        return key
 
 
 class PaymentInitiated(msgspec.Struct, frozen=True, kw_only=True):

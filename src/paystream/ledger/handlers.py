@@ -1,109 +1,351 @@
-"""Events into ledger postings: approved payment orders become transfers, in batches."""
+"""Events into ledger postings: fraud outcomes become transfers and holds, in batches.
+
+* ``fraud.approved`` posts the payment: a two-leg transfer, four legs through the exchange
+  accounts when it changes currency, or a refund's reversing legs. When the payment was
+  held for review, the approval posts the hold instead.
+* ``fraud.review`` holds the payment's funds (a pending transfer) while a human looks, so
+  the payer cannot spend them twice. A payer who cannot cover the hold fails at once.
+* ``fraud.declined`` after a review voids the hold.
+* A hold nobody decides in ``review_hold_seconds`` expires (`HoldSweeper`): the ledger voids
+  it itself and the payment fails with ``review_expired``.
+
+Every payment is decided at most once by its ``external_ref`` (the payment id), so a
+redelivered or replayed event changes nothing.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 
 from paystream.contracts.envelope import Envelope, make_envelope
-from paystream.contracts.events import FraudApproved, LedgerPosted, LedgerRejected, payload_of
-from paystream.ledger.domain import Posted, TransferRequest, post_batch, simple_transfer
-from paystream.ledger.store import LedgerStore
+from paystream.contracts.events import (
+    FraudApproved,
+    FraudDeclined,
+    FraudReview,
+    LedgerPosted,
+    LedgerRejected,
+    PaymentOrder,
+    payload_of,
+)
+from paystream.ledger.domain import (
+    Book,
+    HoldAction,
+    HoldState,
+    Posted,
+    Rejected,
+    TransferRequest,
+    exchange_legs,
+    simple_transfer,
+)
+from paystream.ledger.store import LedgerStore, PostedTransfer
 from paystream.platform.ids import new_id
 from paystream.platform.observability import get_logger
 from paystream.platform.outbox import Outbox
 
 log = get_logger(__name__)
 
-# Stands in for a settlement account that does not exist, so the order is rejected.
+# Stands in for an account that does not exist, so the order is rejected.
 _MISSING = "acc_missing"
+PAYMENT_KINDS = frozenset({"transfer", "deposit", "refund"})
+
+Key = tuple[str, str]  # (tenant, payment id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    envelope: Envelope
+    verb: str  # approved | review | declined
+    order: PaymentOrder
+    review_id: str | None
+
+    @property
+    def key(self) -> Key:
+        return (self.order.tenant_id, self.order.payment_id)
+
+
+def _signals(envelopes: Iterable[Envelope]) -> list[_Signal]:
+    out = []
+    for e in envelopes:
+        if e.type == "fraud.approved":
+            approved = payload_of(e, FraudApproved)
+            out.append(_Signal(e, "approved", approved.order, approved.review_id))
+        elif e.type == "fraud.review":
+            review = payload_of(e, FraudReview)
+            out.append(_Signal(e, "review", review.order, review.review_id))
+        elif e.type == "fraud.declined":
+            declined = payload_of(e, FraudDeclined)
+            if declined.review_id is not None:  # only a reviewed payment has a hold to void
+                out.append(_Signal(e, "declined", declined.order, declined.review_id))
+    return out
+
+
+@dataclass(slots=True)
+class _Context:
+    """What the batch's orders need from the database, loaded before deciding."""
+
+    decided: set[Key]
+    holds: dict[Key, str]
+    originals: dict[Key, PostedTransfer]
+    settlement: dict[Key, str]
+    exchange: dict[Key, str]
 
 
 class LedgerHandlers:
-    """Applies ``fraud.approved`` orders; other fraud outcomes need nothing from the ledger."""
+    """Applies fraud outcomes; one database transaction per batch of events."""
 
-    def __init__(self, store: LedgerStore, outbox: Outbox) -> None:
+    def __init__(self, store: LedgerStore, outbox: Outbox, *, review_hold_seconds: int = 7 * 86400) -> None:
         self._store = store
         self._outbox = outbox
+        self._review_hold_seconds = review_hold_seconds
 
     async def on_fraud_events(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
-        approved = [(e, payload_of(e, FraudApproved)) for e in envelopes if e.type == "fraud.approved"]
-        if not approved:
+        signals = _signals(envelopes)
+        if not signals:
             return
-        decided = await self._store.decided_refs(
-            conn, [(p.order.tenant_id, p.order.payment_id) for _, p in approved]
-        )
-        seen: set[tuple[str, str]] = set()
-        todo = []
-        for envelope, payload in approved:
-            key = (payload.order.tenant_id, payload.order.payment_id)
-            if key in decided or key in seen:
-                log.info("ledger_order_already_decided", payment_id=payload.order.payment_id,
-                         correlation_id=envelope.correlation_id)
-                continue
-            seen.add(key)
-            todo.append((envelope, payload))
-        if not todo:
-            return
-        settlement = await self._store.settlement_ids(
-            conn,
-            [(p.order.tenant_id, p.order.currency) for _, p in todo if p.order.kind == "deposit"],
-        )
-        requests: list[TransferRequest] = []
-        for _, payload in todo:
-            order = payload.order
-            source = order.source_account_id
-            if order.kind == "deposit":
-                source = settlement.get((order.tenant_id, order.currency), _MISSING)
-            requests.append(
-                simple_transfer(
-                    transfer_id=new_id("trf"),
-                    tenant_id=order.tenant_id,
-                    external_ref=order.payment_id,
-                    kind=order.kind,
-                    debit_account=source or _MISSING,
-                    credit_account=order.destination_account_id,
-                    amount=order.amount,
-                    currency=order.currency,
-                )
-            )
-        accounts = await self._store.lock_accounts(
-            conn, {leg.account_id for r in requests for leg in r.legs}
-        )
-        result = post_batch(accounts, requests)
-        await self._store.write_batch(conn, accounts, result, datetime.now(UTC))
-        events = []
-        for (envelope, payload), outcome in zip(todo, result.outcomes, strict=True):
-            order = payload.order
-            if isinstance(outcome, Posted):
-                log.info("ledger_posted", payment_id=order.payment_id,
-                         correlation_id=envelope.correlation_id,
-                         transfer_id=outcome.request.transfer_id, amount=order.amount,
-                         currency=order.currency)
-            else:
-                log.info("ledger_rejected", payment_id=order.payment_id,
-                         correlation_id=envelope.correlation_id, failure_code=outcome.code)
-            event = (
-                LedgerPosted(
-                    payment_id=order.payment_id,
-                    tenant_id=order.tenant_id,
-                    transfer_id=outcome.request.transfer_id,
-                )
-                if isinstance(outcome, Posted)
-                else LedgerRejected(
-                    payment_id=order.payment_id,
-                    tenant_id=order.tenant_id,
-                    failure_code=outcome.code,
-                    detail=outcome.detail,
-                )
-            )
-            events.append(
-                make_envelope(
-                    event,
-                    partition_key=order.account_key,
-                    correlation_id=envelope.correlation_id,
-                    causation_id=envelope.id,
-                )
-            )
+        context = await self._load(conn, signals)
+        holds = await self._store.lock_holds(conn, context.holds.values())
+        accounts = await self._store.lock_accounts(conn, self._accounts_touched(signals, context, holds))
+        refundable = await self._store.refundable(conn, [o.transfer_id for o in context.originals.values()])
+        book = Book(accounts, holds, refundable)
+        events: list[Envelope] = []
+        for signal in signals:
+            outcome = self._decide(book, context, signal)
+            if outcome is not None:
+                events.append(self._announce(signal, outcome))
+        await self._store.write_batch(conn, accounts, book.result, datetime.now(UTC))
         await self._outbox.add(conn, events)
+
+    async def _load(self, conn: asyncpg.Connection, signals: list[_Signal]) -> _Context:
+        keys = [s.key for s in signals]
+        orders = [s.order for s in signals]
+        fx = [(o.tenant_id, c) for o in orders if o.destination_currency
+              for c in (o.currency, o.destination_currency)]
+        await self._store.ensure_system(conn, "exchange", fx)
+        return _Context(
+            decided=await self._store.decided_refs(conn, keys),
+            holds=await self._store.holds_by_ref(conn, keys),
+            originals=await self._store.posted_transfers_by_ref(
+                conn, [(o.tenant_id, o.refund_of) for o in orders if o.refund_of]
+            ),
+            settlement=await self._store.settlement_ids(
+                conn, [(o.tenant_id, o.currency) for o in orders if o.kind == "deposit"]
+            ),
+            exchange=await self._store.system_ids(conn, "exchange", fx),
+        )
+
+    @staticmethod
+    def _accounts_touched(
+        signals: list[_Signal], context: _Context, holds: dict[str, HoldState]
+    ) -> set[str]:
+        ids: set[str] = set()
+        for s in signals:
+            ids.update(a for a in (s.order.source_account_id, s.order.destination_account_id) if a)
+        ids.update(context.settlement.values())
+        ids.update(context.exchange.values())
+        for original in context.originals.values():
+            ids.update((original.debit_account_id, original.credit_account_id))
+        for hold in holds.values():
+            ids.update((hold.debit_account_id, hold.credit_account_id))
+        return ids
+
+    def _decide(self, book: Book, context: _Context, signal: _Signal) -> Posted | Rejected | None:
+        """Apply one signal to the book; the outcome to announce, or None when nothing is due."""
+        key, order = signal.key, signal.order
+        hold_id = context.holds.get(key)
+        if signal.verb == "declined":
+            if hold_id is not None:
+                book.act_on_hold(HoldAction(new_id("trf"), order.tenant_id, order.payment_id,
+                                            hold_id, "void"))
+            return None
+        if signal.verb == "approved" and hold_id is not None:
+            posted = book.act_on_hold(HoldAction(new_id("trf"), order.tenant_id, order.payment_id,
+                                                 hold_id, "post"))
+            if isinstance(posted, Rejected):  # voided or expired before the approval came
+                log.info("ledger_hold_closed_already", payment_id=order.payment_id, code=posted.code)
+                return None
+            if order.destination_currency:  # the hold covered the source side of an exchange
+                return self._finish_exchange(book, context, order, posted)
+            return posted
+        if signal.verb == "review" and order.kind == "refund":
+            return None  # refunds are never held (fraud approves them); wait for the approval
+        if key in context.decided:
+            log.info("ledger_order_already_decided", payment_id=order.payment_id,
+                     correlation_id=signal.envelope.correlation_id)
+            return None
+        context.decided.add(key)
+        request = self._request(context, order)
+        if isinstance(request, Rejected):
+            return book.refuse(request)
+        if signal.verb == "review":
+            request = self._as_hold(request, order)
+            outcome = book.transfer(request)
+            if isinstance(outcome, Posted):
+                context.holds[key] = request.transfer_id
+                return None  # held; the payment waits for its reviewer
+            return outcome
+        return book.transfer(request)
+
+    def _request(self, context: _Context, order: PaymentOrder) -> TransferRequest | Rejected:
+        """The transfer that posts ``order`` in one step."""
+        transfer_id = new_id("trf")
+        if order.kind == "refund":
+            return self._refund(context, order, transfer_id)
+        source = order.source_account_id
+        if order.kind == "deposit":
+            source = context.settlement.get((order.tenant_id, order.currency), _MISSING)
+        if order.destination_currency and order.destination_amount:
+            legs = exchange_legs(
+                source=source or _MISSING,
+                source_amount=order.amount,
+                source_currency=order.currency,
+                source_exchange=context.exchange.get((order.tenant_id, order.currency), _MISSING),
+                destination=order.destination_account_id or _MISSING,
+                destination_amount=order.destination_amount,
+                destination_currency=order.destination_currency,
+                destination_exchange=context.exchange.get(
+                    (order.tenant_id, order.destination_currency), _MISSING
+                ),
+            )
+            return TransferRequest(transfer_id, order.tenant_id, order.payment_id, order.kind,
+                                   order.currency, legs)
+        return simple_transfer(
+            transfer_id=transfer_id, tenant_id=order.tenant_id, external_ref=order.payment_id,
+            kind=order.kind, debit_account=source or _MISSING,
+            credit_account=order.destination_account_id or _MISSING,
+            amount=order.amount, currency=order.currency,
+        )
+
+    @staticmethod
+    def _refund(context: _Context, order: PaymentOrder, transfer_id: str) -> TransferRequest | Rejected:
+        """Reversing legs of the refunded payment's posted transfer, for the refund's amount."""
+        assert order.refund_of is not None
+        original = context.originals.get((order.tenant_id, order.refund_of))
+        placeholder = simple_transfer(
+            transfer_id=transfer_id, tenant_id=order.tenant_id, external_ref=order.payment_id,
+            kind="refund", debit_account=_MISSING, credit_account=_MISSING,
+            amount=order.amount, currency=order.currency,
+        )
+        if original is None:
+            return Rejected(placeholder, "refund_not_possible",
+                            f"payment {order.refund_of} has no posted transfer to refund")
+        if original.legs != 2:
+            return Rejected(placeholder, "refund_not_supported",
+                            "refunds of payments across currencies are not supported yet")
+        return simple_transfer(
+            transfer_id=transfer_id, tenant_id=order.tenant_id, external_ref=order.payment_id,
+            kind="refund", debit_account=original.credit_account_id,
+            credit_account=original.debit_account_id, amount=order.amount,
+            currency=original.currency, refund_of=original.transfer_id,
+        )
+
+    def _as_hold(self, request: TransferRequest, order: PaymentOrder) -> TransferRequest:
+        """The pending transfer that holds ``request``'s funds during a review.
+
+        An exchange holds its source side (source → the source currency's exchange account);
+        the approval posts the hold and the destination side together.
+        """
+        debit, credit = request.legs[0], request.legs[1]
+        return simple_transfer(
+            transfer_id=request.transfer_id, tenant_id=order.tenant_id,
+            external_ref=order.payment_id, kind=order.kind, debit_account=debit.account_id,
+            credit_account=credit.account_id, amount=debit.amount, currency=order.currency,
+            phase="pending", timeout_seconds=self._review_hold_seconds,
+        )
+
+    def _finish_exchange(
+        self, book: Book, context: _Context, order: PaymentOrder, posted: Posted
+    ) -> Posted | Rejected:
+        """After a held exchange's source side posts: its destination side."""
+        assert order.destination_currency and order.destination_amount
+        exchange = context.exchange.get((order.tenant_id, order.destination_currency), _MISSING)
+        outcome = book.transfer(simple_transfer(
+            transfer_id=new_id("trf"), tenant_id=order.tenant_id,
+            external_ref=f"{order.payment_id}:fx", kind=order.kind, debit_account=exchange,
+            credit_account=order.destination_account_id or _MISSING,
+            amount=order.destination_amount, currency=order.destination_currency,
+        ))
+        return posted if isinstance(outcome, Posted) else outcome
+
+    @staticmethod
+    def _announce(signal: _Signal, outcome: Posted | Rejected) -> Envelope:
+        order = signal.order
+        if isinstance(outcome, Posted):
+            log.info("ledger_posted", payment_id=order.payment_id,
+                     correlation_id=signal.envelope.correlation_id,
+                     transfer_id=outcome.request.transfer_id, amount=order.amount,
+                     currency=order.currency)
+            event: LedgerPosted | LedgerRejected = LedgerPosted(
+                payment_id=order.payment_id, tenant_id=order.tenant_id,
+                transfer_id=outcome.request.transfer_id,
+            )
+        else:
+            log.info("ledger_rejected", payment_id=order.payment_id,
+                     correlation_id=signal.envelope.correlation_id, failure_code=outcome.code)
+            event = LedgerRejected(payment_id=order.payment_id, tenant_id=order.tenant_id,
+                                   failure_code=outcome.code, detail=outcome.detail)
+        return make_envelope(event, partition_key=order.account_key,
+                             correlation_id=signal.envelope.correlation_id,
+                             causation_id=signal.envelope.id)
+
+
+class HoldSweeper:
+    """Expires holds past their timeout: the ledger voids them itself, a batch at a time.
+
+    A payment whose review hold expires fails with ``review_expired``; a hold made through
+    the public API just closes (its owner sees ``status: expired``).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, store: LedgerStore, outbox: Outbox, *,
+                 interval: float = 1.0, batch: int = 500) -> None:
+        self._pool = pool
+        self._store = store
+        self._outbox = outbox
+        self._interval = interval
+        self._batch = batch
+
+    async def sweep_once(self, now: datetime | None = None) -> int:
+        """Expire what is due at ``now``; returns how many holds expired."""
+        now = now or datetime.now(UTC)
+        async with self._pool.acquire() as conn, conn.transaction():
+            holds = await self._store.due_holds(conn, now, self._batch)
+            if not holds:
+                return 0
+            accounts = await self._store.lock_accounts(
+                conn, {a for h in holds.values() for a in (h.debit_account_id, h.credit_account_id)}
+            )
+            book = Book(accounts, holds)
+            events = []
+            for hold in holds.values():
+                outcome = book.act_on_hold(HoldAction(new_id("trf"), hold.tenant_id,
+                                                      hold.external_ref, hold.transfer_id, "expire"))
+                if isinstance(outcome, Posted) and hold.kind in PAYMENT_KINDS:
+                    log.info("ledger_hold_expired", payment_id=hold.external_ref)
+                    key = hold.credit_account_id if hold.kind == "deposit" else hold.debit_account_id
+                    events.append(make_envelope(
+                        LedgerRejected(payment_id=hold.external_ref, tenant_id=hold.tenant_id,
+                                       failure_code="review_expired",
+                                       detail="the review was not decided before its hold expired"),
+                        partition_key=key, correlation_id=hold.external_ref,
+                    ))
+            await self._store.write_batch(conn, accounts, book.result, now)
+            await self._outbox.add(conn, events)
+            return len(holds)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                expired = await self.sweep_once()
+            except Exception as exc:
+                log.warning("hold_sweep_failed", error=repr(exc))
+                expired = 0
+            if expired:
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=self._interval)
+            except TimeoutError:
+                pass

@@ -9,18 +9,33 @@ handful of set-based statements. Entries are appended to the ledger's hash chain
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 
 from paystream.ledger.chain import EntryFields, extend
-from paystream.ledger.domain import AccountState, BatchResult, Posted, Rejected, TransferRequest
+from paystream.ledger.domain import (
+    AccountState,
+    BatchResult,
+    HoldState,
+    NormalBalance,
+    Posted,
+    Rejected,
+    TransferRequest,
+)
 from paystream.platform.ids import new_id
 
 _ACCOUNT_COLUMNS = (
-    "id, tenant_id, currency, kind, normal_balance, allow_overdraft, owner_user_id, metadata, "
-    "debits_posted, credits_posted, debits_pending, credits_pending, created_at"
+    "id, tenant_id, currency, kind, normal_balance, allow_overdraft, lower_limit, owner_user_id, "
+    "metadata, debits_posted, credits_posted, debits_pending, credits_pending, created_at"
+)
+
+_HOLD_COLUMNS = (
+    "h.transfer_id, h.tenant_id, t.external_ref, t.kind, h.debit_account_id, h.credit_account_id, "
+    "h.amount, h.currency, h.status"
 )
 
 
@@ -35,6 +50,16 @@ def _state(row: Mapping[str, Any]) -> AccountState:
         credits_posted=row["credits_posted"],
         debits_pending=row["debits_pending"],
         credits_pending=row["credits_pending"],
+        lower_limit=row["lower_limit"],
+    )
+
+
+def _hold(row: Mapping[str, Any]) -> HoldState:
+    return HoldState(
+        transfer_id=row["transfer_id"], tenant_id=row["tenant_id"],
+        external_ref=row["external_ref"], kind=row["kind"],
+        debit_account_id=row["debit_account_id"], credit_account_id=row["credit_account_id"],
+        amount=row["amount"], currency=row["currency"], status=row["status"],
     )
 
 
@@ -44,7 +69,9 @@ def account_view(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "currency": row["currency"],
+        "normal_balance": row["normal_balance"],
         "allow_overdraft": row["allow_overdraft"],
+        "lower_limit": row["lower_limit"],
         "balance": {
             "posted": state.posted,
             "pending": state.pending,
@@ -54,6 +81,18 @@ def account_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "owner_user_id": row["owner_user_id"],
         "created_at": row["created_at"],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class PostedTransfer:
+    """A posted transfer a refund can reverse: its two legs and what is left to refund."""
+
+    transfer_id: str
+    external_ref: str
+    debit_account_id: str
+    credit_account_id: str
+    currency: str
+    legs: int
 
 
 class LedgerStore:
@@ -69,16 +108,24 @@ class LedgerStore:
         owner_user_id: str | None,
         metadata: dict[str, str],
         create_key: str | None,
+        normal_balance: NormalBalance = "credit",
+        lower_limit: int | None = None,
     ) -> asyncpg.Record:
-        """A new wallet (or the one an earlier call with the same ``create_key`` made)."""
+        """A new wallet (or the one an earlier call with the same ``create_key`` made).
+
+        ``lower_limit`` is only for overdraft accounts (a credit line); without overdraft
+        the limit is 0.
+        """
         await self.ensure_settlement(conn, tenant_id, currency)
+        if not allow_overdraft:
+            lower_limit = 0
         row = await conn.fetchrow(
             f"INSERT INTO accounts (id, tenant_id, currency, kind, normal_balance, "
-            f"allow_overdraft, owner_user_id, metadata, create_key) "
-            f"VALUES ($1, $2, $3, 'wallet', 'credit', $4, $5, $6, $7) "
+            f"allow_overdraft, lower_limit, owner_user_id, metadata, create_key) "
+            f"VALUES ($1, $2, $3, 'wallet', $4, $5, $6, $7, $8, $9) "
             f"ON CONFLICT (tenant_id, create_key) DO NOTHING RETURNING {_ACCOUNT_COLUMNS}",
-            new_id("acc"), tenant_id, currency, allow_overdraft, owner_user_id, metadata,
-            create_key,
+            new_id("acc"), tenant_id, currency, normal_balance, allow_overdraft, lower_limit,
+            owner_user_id, metadata, create_key,
         )
         if row is None:
             row = await conn.fetchrow(
@@ -90,11 +137,24 @@ class LedgerStore:
 
     async def ensure_settlement(self, conn: asyncpg.Connection, tenant_id: str, currency: str) -> None:
         """The tenant's settlement account for ``currency``: where deposits come from."""
+        await self.ensure_system(conn, "settlement", [(tenant_id, currency)])
+
+    async def ensure_system(
+        self, conn: asyncpg.Connection, kind: str, pairs: Iterable[tuple[str, str]]
+    ) -> None:
+        """Make the tenants' ``kind`` accounts (settlement or exchange) for the currencies given.
+
+        System accounts are debit-normal and have no lower limit: the platform's side of money
+        entering, leaving or changing currency.
+        """
+        pairs = sorted(set(pairs))
+        if not pairs:
+            return
         await conn.execute(
             "INSERT INTO accounts (id, tenant_id, currency, kind, normal_balance, allow_overdraft, "
-            "metadata) VALUES ($1, $2, $3, 'settlement', 'debit', true, '{\"system\": \"settlement\"}') "
-            "ON CONFLICT DO NOTHING",
-            new_id("acc"), tenant_id, currency,
+            "metadata) SELECT i, t, c, $4, 'debit', true, jsonb_build_object('system', $4::text) "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) AS p(i, t, c) ON CONFLICT DO NOTHING",
+            [new_id("acc") for _ in pairs], [p[0] for p in pairs], [p[1] for p in pairs], kind,
         )
 
     async def get_account(
@@ -140,14 +200,20 @@ class LedgerStore:
         self, conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], str]:
         """Settlement account ids by (tenant, currency), for the pairs that have one."""
+        return await self.system_ids(conn, "settlement", pairs)
+
+    async def system_ids(
+        self, conn: asyncpg.Connection, kind: str, pairs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The ids of the tenants' ``kind`` accounts by (tenant, currency), where one exists."""
         pairs = list(set(pairs))
         if not pairs:
             return {}
         rows = await conn.fetch(
             "SELECT a.id, a.tenant_id, a.currency FROM accounts a "
             "JOIN unnest($1::text[], $2::text[]) AS p(tenant_id, currency) "
-            "ON a.tenant_id = p.tenant_id AND a.currency = p.currency AND a.kind = 'settlement'",
-            [p[0] for p in pairs], [p[1] for p in pairs],
+            "ON a.tenant_id = p.tenant_id AND a.currency = p.currency AND a.kind = $3",
+            [p[0] for p in pairs], [p[1] for p in pairs], kind,
         )
         return {(row["tenant_id"], row["currency"]): row["id"] for row in rows}
 
@@ -163,6 +229,7 @@ class LedgerStore:
             "SELECT t.tenant_id, t.external_ref FROM transfers t "
             "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
             "ON t.tenant_id = r.tenant_id AND t.external_ref = r.ref "
+            "AND t.phase IN ('posted', 'pending') "
             "UNION ALL "
             "SELECT j.tenant_id, j.external_ref FROM rejections j "
             "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
@@ -176,7 +243,7 @@ class LedgerStore:
     ) -> dict[str, AccountState]:
         """Lock the accounts in id order (no deadlocks) and load their running totals."""
         rows = await conn.fetch(
-            "SELECT id, tenant_id, currency, kind, normal_balance, allow_overdraft, "
+            "SELECT id, tenant_id, currency, kind, normal_balance, allow_overdraft, lower_limit, "
             "debits_posted, credits_posted, debits_pending, credits_pending "
             "FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
             sorted(set(account_ids)),
@@ -189,35 +256,66 @@ class LedgerStore:
         accounts: dict[str, AccountState],
         result: BatchResult,
         now: datetime,
+        *,
+        record_rejections: bool = True,
     ) -> None:
-        """Persist a decided batch: balances, transfers, entries, rejections."""
+        """Persist a decided batch: balances, transfers, entries, holds, rejections.
+
+        ``record_rejections`` remembers each refused transfer's external ref, so a replayed
+        order is refused again (the pipeline's choice); the public API leaves nothing behind.
+        """
         touched = sorted(result.touched)
         if touched:
             await conn.execute(
-                "UPDATE accounts a SET debits_posted = v.dp, credits_posted = v.cp "
-                "FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v(id, dp, cp) "
-                "WHERE a.id = v.id",
+                "UPDATE accounts a SET debits_posted = v.dp, credits_posted = v.cp, "
+                "debits_pending = v.dq, credits_pending = v.cq "
+                "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
+                "AS v(id, dp, cp, dq, cq) WHERE a.id = v.id",
                 touched,
                 [accounts[i].debits_posted for i in touched],
                 [accounts[i].credits_posted for i in touched],
+                [accounts[i].debits_pending for i in touched],
+                [accounts[i].credits_pending for i in touched],
             )
-        posted = [o.request for o in result.outcomes if isinstance(o, Posted)]
-        if posted:
+        written = [o.request for o in result.outcomes if isinstance(o, Posted)]
+        if written:
             await conn.execute(
                 "INSERT INTO transfers (id, tenant_id, external_ref, kind, amount, currency, "
-                "created_at) SELECT *, $7::timestamptz FROM unnest($1::text[], $2::text[], "
-                "$3::text[], $4::text[], $5::bigint[], $6::text[])",
-                [r.transfer_id for r in posted],
-                [r.tenant_id for r in posted],
-                [r.external_ref for r in posted],
-                [r.kind for r in posted],
-                [r.amount for r in posted],
-                [r.currency for r in posted],
+                "phase, pending_id, refund_of, metadata, created_at) "
+                "SELECT i, t, r, k, a, c, p, h, f, m::jsonb, $11::timestamptz FROM unnest("
+                "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
+                "$7::text[], $8::text[], $9::text[], $10::text[]) AS v(i, t, r, k, a, c, p, h, f, m)",
+                [r.transfer_id for r in written],
+                [r.tenant_id for r in written],
+                [r.external_ref for r in written],
+                [r.kind for r in written],
+                [r.amount for r in written],
+                [r.currency for r in written],
+                [r.phase for r in written],
+                [r.pending_id for r in written],
+                [r.refund_of for r in written],
+                [orjson.dumps(dict(r.metadata)).decode() for r in written],
                 now,
             )
-            await self._append_entries(conn, posted, now)
-        rejected = [o for o in result.outcomes if isinstance(o, Rejected)]
-        if rejected:
+            posted = [r for r in written if r.writes_entries]
+            if posted:
+                await self._append_entries(conn, posted, now)
+            await self._open_holds(conn, [r for r in written if r.phase == "pending"], now)
+        if result.closed_holds:
+            closed = sorted(result.closed_holds.items())
+            await conn.execute(
+                "UPDATE holds h SET status = v.status, closed_by = v.closed_by "
+                "FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, status, closed_by) "
+                "WHERE h.transfer_id = v.id",
+                [hold_id for hold_id, _ in closed],
+                [status for _, (status, _) in closed],
+                [closer for _, (_, closer) in closed],
+            )
+        rejected = [
+            o for o in result.outcomes
+            if isinstance(o, Rejected) and isinstance(o.request, TransferRequest)
+        ]
+        if rejected and record_rejections:
             await conn.execute(
                 "INSERT INTO rejections (tenant_id, external_ref, code) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
@@ -225,6 +323,138 @@ class LedgerStore:
                 [o.request.external_ref for o in rejected],
                 [o.code for o in rejected],
             )
+
+    async def _open_holds(
+        self, conn: asyncpg.Connection, pending: list[TransferRequest], now: datetime
+    ) -> None:
+        if not pending:
+            return
+        debit = [next(leg for leg in r.legs if leg.direction == "debit") for r in pending]
+        credit = [next(leg for leg in r.legs if leg.direction == "credit") for r in pending]
+        await conn.execute(
+            "INSERT INTO holds (transfer_id, tenant_id, debit_account_id, credit_account_id, "
+            "amount, currency, expires_at, created_at) SELECT *, $8::timestamptz FROM unnest("
+            "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
+            "$7::timestamptz[])",
+            [r.transfer_id for r in pending],
+            [r.tenant_id for r in pending],
+            [leg.account_id for leg in debit],
+            [leg.account_id for leg in credit],
+            [leg.amount for leg in debit],
+            [r.currency for r in pending],
+            [None if r.timeout_seconds is None else now + timedelta(seconds=r.timeout_seconds)
+             for r in pending],
+            now,
+        )
+
+    async def lock_holds(
+        self, conn: asyncpg.Connection, hold_ids: Iterable[str]
+    ) -> dict[str, HoldState]:
+        """Lock the holds in id order (before any account, always) and load them."""
+        rows = await conn.fetch(
+            f"SELECT {_HOLD_COLUMNS} FROM holds h JOIN transfers t ON t.id = h.transfer_id "
+            "WHERE h.transfer_id = ANY($1::text[]) ORDER BY h.transfer_id FOR UPDATE OF h",
+            sorted(set(hold_ids)),
+        )
+        return {row["transfer_id"]: _hold(row) for row in rows}
+
+    async def due_holds(self, conn: asyncpg.Connection, now: datetime, limit: int) -> dict[str, HoldState]:
+        """Lock up to ``limit`` pending holds whose timeout has passed; skips those in use."""
+        rows = await conn.fetch(
+            f"SELECT {_HOLD_COLUMNS} FROM holds h JOIN transfers t ON t.id = h.transfer_id "
+            "WHERE h.status = 'pending' AND h.expires_at <= $1 "
+            "ORDER BY h.transfer_id LIMIT $2 FOR UPDATE OF h SKIP LOCKED",
+            now, limit,
+        )
+        return {row["transfer_id"]: _hold(row) for row in rows}
+
+    async def holds_by_ref(
+        self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The pending transfers' ids by (tenant, external ref), for the refs that made a hold."""
+        refs = list(refs)
+        if not refs:
+            return {}
+        rows = await conn.fetch(
+            "SELECT t.id, t.tenant_id, t.external_ref FROM transfers t "
+            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
+            "ON t.tenant_id = r.tenant_id AND t.external_ref = r.ref WHERE t.phase = 'pending'",
+            [r[0] for r in refs], [r[1] for r in refs],
+        )
+        return {(row["tenant_id"], row["external_ref"]): row["id"] for row in rows}
+
+    async def posted_transfers_by_ref(
+        self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], PostedTransfer]:
+        """The transfer that posted each (tenant, external ref): in one step, or a hold's post."""
+        refs = list(refs)
+        if not refs:
+            return {}
+        rows = await conn.fetch(
+            "SELECT r.tenant_id, r.ref, t.id, t.currency, "
+            "min(e.account_id) FILTER (WHERE e.direction = 'debit') AS debit_account_id, "
+            "min(e.account_id) FILTER (WHERE e.direction = 'credit') AS credit_account_id, "
+            "count(e.id) AS legs "
+            "FROM unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
+            "JOIN transfers o ON o.tenant_id = r.tenant_id AND o.external_ref = r.ref "
+            "AND o.phase IN ('posted', 'pending') "
+            "JOIN transfers t ON (t.id = o.id AND o.phase = 'posted') "
+            "  OR (t.pending_id = o.id AND o.phase = 'pending' AND t.phase = 'post_pending') "
+            "JOIN entries e ON e.transfer_id = t.id "
+            "GROUP BY r.tenant_id, r.ref, t.id, t.currency",
+            [r[0] for r in refs], [r[1] for r in refs],
+        )
+        return {
+            (row["tenant_id"], row["ref"]): PostedTransfer(
+                row["id"], row["ref"], row["debit_account_id"], row["credit_account_id"],
+                row["currency"], row["legs"],
+            )
+            for row in rows
+        }
+
+    async def refundable(self, conn: asyncpg.Connection, transfer_ids: Iterable[str]) -> dict[str, int]:
+        """What is left to refund of each posted transfer: its amount less its refunds so far.
+
+        Read after the accounts are locked: every refund of a transfer locks the same two
+        accounts, so no other refund of it can commit in between.
+        """
+        rows = await conn.fetch(
+            "SELECT t.id, t.amount - coalesce((SELECT sum(r.amount) FROM transfers r "
+            "WHERE r.refund_of = t.id), 0) AS room FROM transfers t WHERE t.id = ANY($1::text[])",
+            list(set(transfer_ids)),
+        )
+        return {row["id"]: int(row["room"]) for row in rows}
+
+    async def get_transfer(
+        self, conn: asyncpg.Connection, tenant_id: str, transfer_id: str
+    ) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            "SELECT t.id, t.tenant_id, t.external_ref, t.kind, t.amount, t.currency, t.phase, "
+            "t.pending_id, t.refund_of, t.metadata, t.created_at, h.status AS hold_status, "
+            "h.expires_at, h.closed_by, h.debit_account_id, h.credit_account_id, "
+            "h.amount AS hold_amount FROM transfers t LEFT JOIN holds h ON h.transfer_id = t.id "
+            "WHERE t.id = $1 AND t.tenant_id = $2",
+            transfer_id, tenant_id,
+        )
+
+    async def transfer_by_ref(
+        self, conn: asyncpg.Connection, tenant_id: str, external_ref: str
+    ) -> str | None:
+        """The id of the transfer written under ``external_ref``, if one was."""
+        value = await conn.fetchval(
+            "SELECT id FROM transfers WHERE tenant_id = $1 AND external_ref = $2 "
+            "AND phase IN ('posted', 'pending')",
+            tenant_id, external_ref,
+        )
+        return None if value is None else str(value)
+
+    async def transfer_legs(self, conn: asyncpg.Connection, transfer_ids: Iterable[str]) -> list[asyncpg.Record]:
+        """The entries of the transfers given, in order."""
+        return await conn.fetch(
+            "SELECT transfer_id, account_id, direction, amount, currency FROM entries "
+            "WHERE transfer_id = ANY($1::text[]) ORDER BY id",
+            list(set(transfer_ids)),
+        )
 
     async def _append_entries(
         self, conn: asyncpg.Connection, posted: list[TransferRequest], now: datetime
@@ -247,7 +477,8 @@ class LedgerStore:
         fields = [
             EntryFields(
                 id=row["id"], transfer_id=r.transfer_id, account_id=leg.account_id,
-                direction=leg.direction, amount=leg.amount, currency=r.currency, created_at=now,
+                direction=leg.direction, amount=leg.amount, currency=r.currency_of(leg),
+                created_at=now,
             )
             for row, (r, leg) in zip(sorted(ids, key=lambda x: x["id"]), legs, strict=True)
         ]

@@ -11,7 +11,9 @@ derived column:
   store and is reported as broken;
 * every transfer's legs sum to zero per currency, with at least two legs;
 * every account's running totals equal the sums of its entries;
-* no account that forbids overdraft is below zero;
+* no account is below its lower limit (zero when it forbids overdraft);
+* holds agree with the transfers that made and closed them, and open holds add up to
+  every account's pending totals;
 * every signed checkpoint (`paystream.ledger.checkpoints`) matches the chain, and, given
   the key, carries a valid signature of it.
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -109,8 +111,14 @@ def _link_problem(entry: ChainedEntry, prev: bytes, expected_seq: int) -> str | 
     return None
 
 
-def check_transfers(transfer_ids: Sequence[str], entries: Iterable[ChainedEntry]) -> Check:
-    """Each transfer has at least two legs, summing to zero in each currency."""
+def check_transfers(
+    transfer_ids: Sequence[str], entries: Iterable[ChainedEntry], unposted: Collection[str] = ()
+) -> Check:
+    """Each transfer has at least two legs, summing to zero in each currency.
+
+    ``unposted`` transfers (holds, and the voids and expiries that close them) move only
+    pending totals and must have no entries at all.
+    """
     legs: dict[str, int] = defaultdict(int)
     sums: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for entry in entries:
@@ -119,7 +127,8 @@ def check_transfers(transfer_ids: Sequence[str], entries: Iterable[ChainedEntry]
         sums[f.transfer_id][f.currency] += f.amount if f.direction == "debit" else -f.amount
     bad = [
         t for t in sorted(transfer_ids)
-        if legs[t] < 2 or any(total != 0 for total in sums[t].values())
+        if (legs[t] != 0 if t in unposted else legs[t] < 2)
+        or any(total != 0 for total in sums[t].values())
     ]
     if bad:
         first = bad[0]
@@ -149,12 +158,76 @@ def check_balances(accounts: Sequence[AccountState], entries: Iterable[ChainedEn
 
 
 def check_overdraft(accounts: Sequence[AccountState]) -> Check:
-    """No account that forbids overdraft has a negative available balance."""
-    bad = [a for a in sorted(accounts, key=lambda a: a.id) if not a.allow_overdraft and a.available < 0]
+    """No account shows an available balance below its floor (0 when it forbids overdraft)."""
+    bad = [
+        a for a in sorted(accounts, key=lambda a: a.id)
+        if a.floor is not None and a.available < a.floor
+    ]
     if bad:
         return Check("no forbidden overdraft", False,
-                     f"{len(bad)} accounts overdrawn; first {bad[0].id}: available {bad[0].available}")
-    return Check("no forbidden overdraft", True, "none below zero")
+                     f"{len(bad)} accounts overdrawn; first {bad[0].id}: available "
+                     f"{bad[0].available}, lower limit {bad[0].floor}")
+    return Check("no forbidden overdraft", True, "none below its lower limit")
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRow:
+    id: str
+    phase: str
+    pending_id: str | None
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRow:
+    transfer_id: str
+    debit_account_id: str
+    credit_account_id: str
+    amount: int
+    status: str
+    closed_by: str | None
+
+
+_CLOSED_AS = {"post_pending": "posted", "void_pending": "voided", "expire_pending": "expired"}
+
+
+def check_holds(
+    holds: Sequence[HoldRow], transfers: Sequence[TransferRow], accounts: Sequence[AccountState]
+) -> Check:
+    """Holds agree with the transfers that made and closed them, and with pending totals.
+
+    Each pending transfer has a hold; a hold's status is what the transfer that closed it
+    did (pending when none did), and a post never moves more than was held. Each account's
+    pending totals equal the sums of the open holds on it.
+    """
+    name = "holds consistent"
+    by_id = {h.transfer_id: h for h in holds}
+    closers = {t.pending_id: t for t in transfers if t.pending_id is not None}
+    for t in sorted(transfers, key=lambda t: t.id):
+        if t.phase == "pending" and t.id not in by_id:
+            return Check(name, False, f"pending transfer {t.id} has no hold")
+    for hold in sorted(holds, key=lambda h: h.transfer_id):
+        closer = closers.get(hold.transfer_id)
+        expected = "pending" if closer is None else _CLOSED_AS[closer.phase]
+        if hold.status != expected or hold.closed_by != (closer.id if closer else None):
+            return Check(name, False, f"hold {hold.transfer_id} says {hold.status}, its transfers "
+                                      f"say {expected}")
+        if closer is not None and closer.phase == "post_pending" and closer.amount > hold.amount:
+            return Check(name, False, f"hold {hold.transfer_id} posted {closer.amount}, "
+                                      f"more than its {hold.amount}")
+    debits: dict[str, int] = defaultdict(int)
+    credits: dict[str, int] = defaultdict(int)
+    for hold in holds:
+        if hold.status == "pending":
+            debits[hold.debit_account_id] += hold.amount
+            credits[hold.credit_account_id] += hold.amount
+    for a in sorted(accounts, key=lambda a: a.id):
+        if a.debits_pending != debits[a.id] or a.credits_pending != credits[a.id]:
+            return Check(name, False, f"account {a.id}: pending debit {a.debits_pending} / credit "
+                                      f"{a.credits_pending}, open holds debit {debits[a.id]} / "
+                                      f"credit {credits[a.id]}")
+    still_open = sum(1 for h in holds if h.status == "pending")
+    return Check(name, True, f"{len(holds)} holds, {still_open} open, pending totals match")
 
 
 def check_checkpoints(
@@ -183,19 +256,22 @@ def check_checkpoints(
 
 
 def verify_rows(
-    transfer_ids: Sequence[str],
+    transfers: Sequence[TransferRow],
     entries: Sequence[ChainedEntry],
     accounts: Sequence[AccountState],
     head: Head | None,
     checkpoints: Sequence[Checkpoint] = (),
     public: Ed25519PublicKey | None = None,
+    holds: Sequence[HoldRow] = (),
 ) -> VerifyReport:
     """Every check over one snapshot of the ledger's rows."""
+    unposted = {t.id for t in transfers if t.phase not in ("posted", "post_pending")}
     return VerifyReport([
         check_chain(entries, head),
-        check_transfers(transfer_ids, entries),
+        check_transfers([t.id for t in transfers], entries, unposted),
         check_balances(accounts, entries),
         check_overdraft(accounts),
+        check_holds(holds, transfers, accounts),
         check_checkpoints(checkpoints, entries, public),
     ])
 
@@ -222,6 +298,7 @@ def _account(row: asyncpg.Record) -> AccountState:
         normal_balance=row["normal_balance"], allow_overdraft=row["allow_overdraft"],
         debits_posted=row["debits_posted"], credits_posted=row["credits_posted"],
         debits_pending=row["debits_pending"], credits_pending=row["credits_pending"],
+        lower_limit=row["lower_limit"],
     )
 
 
@@ -240,14 +317,20 @@ async def verify_connection(
     """
     q = _quoted(schema)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        transfers = [r["id"] for r in await conn.fetch(f"SELECT id FROM {q}.transfers")]
+        transfers = [TransferRow(*r.values()) for r in await conn.fetch(
+            f"SELECT id, phase, pending_id, amount FROM {q}.transfers"
+        )]
+        holds = [HoldRow(*r.values()) for r in await conn.fetch(
+            "SELECT transfer_id, debit_account_id, credit_account_id, amount, status, closed_by "
+            f"FROM {q}.holds"
+        )]
         entries = [_entry(r) for r in await conn.fetch(
             "SELECT id, transfer_id, account_id, direction, amount, currency, created_at, "
             f"seq, prev_hash, hash FROM {q}.entries"
         )]
         accounts = [_account(r) for r in await conn.fetch(
-            "SELECT id, tenant_id, currency, normal_balance, allow_overdraft, debits_posted, "
-            f"credits_posted, debits_pending, credits_pending FROM {q}.accounts"
+            "SELECT id, tenant_id, currency, normal_balance, allow_overdraft, lower_limit, "
+            f"debits_posted, credits_posted, debits_pending, credits_pending FROM {q}.accounts"
         )]
         head_row = await conn.fetchrow(f"SELECT seq, hash FROM {q}.chain_head")
         points = [
@@ -255,7 +338,8 @@ async def verify_connection(
             for r in await conn.fetch(f"SELECT seq, hash, key_id, signature FROM {q}.checkpoints")
         ]
     head = None if head_row is None else Head(head_row["seq"], bytes(head_row["hash"]))
-    report = verify_rows(transfers, entries, accounts, head, points, key.public_key() if key else None)
+    report = verify_rows(transfers, entries, accounts, head, points,
+                         key.public_key() if key else None, holds)
     if key is not None and sign:
         report.checks.append(
             await _sign_due(conn, schema, key, entries, points, every) if report.ok

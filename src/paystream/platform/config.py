@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     signing_keys_refresh_seconds: float = 15.0
 
     # Fraud rules (amounts in minor units, whatever the currency).
+    # How long a payment's funds stay held while fraud review decides; then the hold expires.
+    ledger_review_hold_seconds: int = 7 * 86400
+    ledger_hold_sweep_seconds: float = 1.0
     fraud_amount_limit: int = 500_000
     fraud_review_threshold: int = 100_000
     fraud_velocity_limit: int = 30
