@@ -10,7 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 from paystream.contracts.events import WEBHOOK_EVENT_TYPES
 from paystream.platform.money import MAX_AMOUNT, is_currency
@@ -38,7 +46,8 @@ Amount = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT, description="minor unit
 Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
 AccountId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^acc_[0-9A-Z]{26}$")]
 PaymentStatus = Literal["processing", "requires_review", "succeeded", "failed", "declined"]
-PaymentType = Literal["transfer", "deposit"]
+PaymentType = Literal["transfer", "deposit", "refund"]
+Direction = Literal["debit", "credit"]
 WebhookEventType = Literal[
     "payment.succeeded", "payment.failed", "payment.declined", "payment.requires_review"
 ]
@@ -59,8 +68,24 @@ class _Response(BaseModel):
 class AccountCreate(_Request):
     currency: Currency
     allow_overdraft: StrictBool = False
+    normal_balance: Direction = Field(
+        default="credit",
+        description="the side that increases the balance: credit for a wallet (money owed to "
+                    "its holder), debit for an asset such as a loan receivable",
+    )
+    lower_limit: StrictInt | None = Field(
+        default=None, lt=0, ge=-MAX_AMOUNT,
+        description="with allow_overdraft, how far below zero the available balance may go "
+                    "(a credit line); omitted means no limit",
+    )
     metadata: Metadata = Field(default_factory=dict)
     owner_user_id: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _limit_needs_overdraft(self) -> AccountCreate:
+        if self.lower_limit is not None and not self.allow_overdraft:
+            raise ValueError("lower_limit below zero needs allow_overdraft: true")
+        return self
 
 
 class Balance(_Response):
@@ -72,7 +97,9 @@ class Balance(_Response):
 class Account(_Response):
     id: str
     currency: str
+    normal_balance: Direction = "credit"
     allow_overdraft: bool
+    lower_limit: int | None = Field(default=None, description="0 without overdraft; null for no limit")
     balance: Balance
     metadata: dict[str, str]
     owner_user_id: str | None = None
@@ -84,13 +111,80 @@ class Entry(_Response):
     account_id: str
     transfer_id: str
     payment_id: str | None
+    external_ref: str | None = None
     direction: Literal["debit", "credit"]
     amount: int
     currency: str
     created_at: datetime
 
 
+# --- ledger transfers ---------------------------------------------------------------------
+
+ExternalRef = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+                                   description="your reference; a second transfer with it is refused")]
+
+
+class LegCreate(_Request):
+    account_id: AccountId
+    direction: Direction
+    amount: Amount
+    currency: Currency | None = Field(default=None, description="omitted: the transfer's currency")
+
+
+class TransferCreate(_Request):
+    external_ref: ExternalRef
+    currency: Currency
+    legs: list[LegCreate] = Field(min_length=2, max_length=64,
+                                  description="debits equal credits in every currency")
+    pending: StrictBool = Field(default=False, description="a hold: two legs, posted or voided later")
+    timeout_seconds: StrictInt | None = Field(default=None, ge=1, le=30 * 86400,
+                                              description="a hold left open this long is voided")
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _timeout_needs_pending(self) -> TransferCreate:
+        if self.timeout_seconds is not None and not self.pending:
+            raise ValueError("timeout_seconds is only for pending transfers")
+        if self.pending and len(self.legs) != 2:
+            raise ValueError("a pending transfer has exactly two legs")
+        return self
+
+
+class HoldPost(_Request):
+    amount: Amount | None = Field(default=None, description="omitted: the whole hold")
+
+
+class TransferLeg(_Response):
+    account_id: str
+    direction: Direction
+    amount: int
+    currency: str
+
+
+class Transfer(_Response):
+    id: str
+    external_ref: str
+    phase: Literal["posted", "pending", "post_pending", "void_pending", "expire_pending"]
+    status: Literal["posted", "pending", "voided", "expired"] = Field(
+        description="a hold's state (pending until posted, voided or expired); posted otherwise")
+    amount: int
+    currency: str
+    legs: list[TransferLeg]
+    pending_id: str | None = Field(default=None, description="the hold this transfer closed")
+    closed_by: str | None = Field(default=None, description="the transfer that closed this hold")
+    expires_at: datetime | None = None
+    metadata: dict[str, str]
+    created_at: datetime
+
+
 # --- payments -----------------------------------------------------------------------------
+
+
+ExchangeRate = Annotated[str, Field(
+    pattern=r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,12})?$", examples=["1.0825"],
+    description="price of one unit of the source currency in the destination currency, "
+                "as a decimal string",
+)]
 
 
 class PaymentCreate(_Request):
@@ -98,6 +192,17 @@ class PaymentCreate(_Request):
     destination_account_id: AccountId
     amount: Amount
     currency: Currency
+    exchange_rate: ExchangeRate | None = Field(
+        default=None,
+        description="required when the destination account holds another currency; the "
+                    "destination receives amount times rate, rounded half to even",
+    )
+    description: str | None = Field(default=None, max_length=1000)
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class RefundCreate(_Request):
+    amount: Amount | None = Field(default=None, description="omitted: what is left to refund")
     description: str | None = Field(default=None, max_length=1000)
     metadata: Metadata = Field(default_factory=dict)
 
@@ -117,7 +222,12 @@ class Payment(_Response):
     amount: int
     currency: str
     source_account_id: str | None
-    destination_account_id: str
+    destination_account_id: str | None = Field(description="null for a refund of a deposit")
+    destination_amount: int | None = Field(default=None, description="across currencies only")
+    destination_currency: str | None = None
+    exchange_rate: str | None = None
+    refund_of: str | None = Field(default=None, description="the payment a refund reverses")
+    amount_refunded: int = Field(default=0, description="what succeeded refunds returned")
     failure_code: str | None
     description: str | None = None
     created_at: datetime
@@ -208,7 +318,7 @@ class Page(_Response, Generic[T]):
 
 ScopeName = Literal[
     "accounts:read", "accounts:write", "payments:read", "payments:write", "webhooks:write",
-    "reviews:write", "users:write", "cards:write", "admin",
+    "reviews:write", "users:write", "cards:write", "ledger:read", "ledger:write", "admin",
 ]
 
 

@@ -12,7 +12,7 @@ import orjson
 
 SCOPES: tuple[str, ...] = (
     "accounts:read", "accounts:write", "payments:read", "payments:write", "webhooks:write",
-    "reviews:write", "users:write", "cards:write", "admin",
+    "reviews:write", "users:write", "cards:write", "ledger:read", "ledger:write", "admin",
 )
 
 MAX_IDEMPOTENCY_KEY = 255

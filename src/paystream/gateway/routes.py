@@ -16,11 +16,15 @@ from paystream.contracts.api import (
     AccountCreate,
     DepositCreate,
     Entry,
+    HoldPost,
     Payment,
     PaymentCreate,
     PaymentEvent,
+    RefundCreate,
     Review,
     ReviewDecision,
+    Transfer,
+    TransferCreate,
     WebhookEndpoint,
     WebhookEndpointCreate,
 )
@@ -80,6 +84,24 @@ ROUTES: tuple[Route, ...] = (
           )),
     Route("GET", "/v1/payments/{payment_id}", "payments", "payments:read", "Retrieve a payment",
           response=Payment),
+    Route("POST", "/v1/payments/{payment_id}/refunds", "payments", "payments:write",
+          "Refund a succeeded payment, in full or in part: a payment of type refund that "
+          "reverses it through the same pipeline (never more than was paid)",
+          status=202, body=RefundCreate, body_required=False, response=Payment,
+          idempotency="required"),
+    Route("POST", "/v1/transfers", "ledger", "ledger:write",
+          "Post a ledger transfer with any number of legs, or hold one (pending: true); "
+          "refused whole, with nothing written, when it does not balance or an account "
+          "would pass its limit",
+          status=201, body=TransferCreate, response=Transfer, idempotency="honoured"),
+    Route("GET", "/v1/transfers/{transfer_id}", "ledger", "ledger:read", "Retrieve a transfer",
+          response=Transfer),
+    Route("POST", "/v1/transfers/{transfer_id}/post", "ledger", "ledger:write",
+          "Post a pending transfer, in full or in part (the rest is released)",
+          body=HoldPost, body_required=False, response=Transfer, idempotency="honoured"),
+    Route("POST", "/v1/transfers/{transfer_id}/void", "ledger", "ledger:write",
+          "Void a pending transfer: its funds are released", response=Transfer,
+          idempotency="honoured"),
     Route("GET", "/v1/payments/{payment_id}/events", "payments", "payments:read",
           "A payment's timeline", response=PaymentEvent, paged=True),
     Route("POST", "/v1/webhook_endpoints", "notifications", "webhooks:write",
@@ -108,6 +130,6 @@ def route_class(route: Route) -> str:
     """Which rate limit a route counts against: ``money``, ``write`` or ``read``."""
     if route.method == "GET":
         return "read"
-    if route.service == "payments" or route.path.startswith("/v1/reviews/"):
+    if route.service == "payments" or route.path.startswith(("/v1/reviews/", "/v1/transfers")):
         return "money"
     return "write"

@@ -8,18 +8,21 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from paystream.contracts.api import AccountCreate
+from paystream.contracts.api import AccountCreate, HoldPost, TransferCreate
 from paystream.ledger.store import LedgerStore, account_view
+from paystream.ledger.transfers import KIND, TransferService, public_ref
 from paystream.platform.errors import Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 
 
 def entry_view(row: asyncpg.Record) -> dict[str, Any]:
+    direct = row["kind"] == KIND  # a transfer made through /v1/transfers, not by a payment
     return {
         "id": f"ent_{row['id']}",
         "account_id": row["account_id"],
         "transfer_id": row["transfer_id"],
-        "payment_id": row["external_ref"],
+        "payment_id": None if direct else row["external_ref"].split(":")[0],
+        "external_ref": public_ref(row["external_ref"]) if direct else None,
         "direction": row["direction"],
         "amount": row["amount"],
         "currency": row["currency"],
@@ -59,6 +62,8 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
                 owner_user_id=owner,
                 metadata=body.metadata,
                 create_key=caller.idempotency_key,
+                normal_balance=body.normal_balance,
+                lower_limit=body.lower_limit,
             )
         return JSONResponse(account_view(row), status_code=201)
 
@@ -94,5 +99,28 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
         return JSONResponse(
             {"data": [entry_view(r) for r in rows[:limit]], "has_more": len(rows) > limit}
         )
+
+    transfers = TransferService(pool, store)
+
+    @router.post("/transfers", status_code=201)
+    async def create_transfer(body: TransferCreate, caller: Caller = Depends(auth)) -> JSONResponse:
+        transfer, created = await transfers.create(caller.tenant_id, body)
+        return JSONResponse(transfer, status_code=201 if created else 200)
+
+    @router.get("/transfers/{transfer_id}")
+    async def get_transfer(transfer_id: str, caller: Caller = Depends(auth)) -> JSONResponse:
+        async with pool.acquire() as conn:
+            return JSONResponse(await transfers.view(conn, caller.tenant_id, transfer_id))
+
+    @router.post("/transfers/{transfer_id}/post")
+    async def post_hold(
+        transfer_id: str, body: HoldPost | None = None, caller: Caller = Depends(auth)
+    ) -> JSONResponse:
+        amount = body.amount if body is not None else None
+        return JSONResponse(await transfers.act(caller.tenant_id, transfer_id, "post", amount))
+
+    @router.post("/transfers/{transfer_id}/void")
+    async def void_hold(transfer_id: str, caller: Caller = Depends(auth)) -> JSONResponse:
+        return JSONResponse(await transfers.act(caller.tenant_id, transfer_id, "void"))
 
     app.include_router(router)

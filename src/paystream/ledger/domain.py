@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Literal
 
 Direction = Literal["debit", "credit"]
@@ -252,18 +251,6 @@ def exchange_legs(
         Leg(destination_exchange, "debit", destination_amount, destination_currency),
         Leg(destination, "credit", destination_amount, destination_currency),
     )
-
-
-def convert(amount: int, rate: Decimal, exponents: tuple[int, int]) -> int:
-    """``amount`` minor units of one currency in the other's minor units, at ``rate``.
-
-    ``rate`` is the price of one major unit of the source currency in major units of the
-    destination (as quoted: EUR→USD 1.08); ``exponents`` are the two currencies' minor-unit
-    exponents. Rounded half to even, the banker's rule, to whole minor units.
-    """
-    source_exp, destination_exp = exponents
-    scaled = Decimal(amount) * rate * (Decimal(10) ** (destination_exp - source_exp))
-    return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
 def check_balanced(legs: Iterable[Leg], currency: str | None = None) -> bool:

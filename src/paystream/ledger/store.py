@@ -189,7 +189,7 @@ class LedgerStore:
     ) -> list[asyncpg.Record]:
         """The account's entries, newest first; ``limit + 1`` rows so the caller sees has_more."""
         return await conn.fetch(
-            "SELECT e.id, e.account_id, e.transfer_id, t.external_ref, e.direction, e.amount, "
+            "SELECT e.id, e.account_id, e.transfer_id, t.external_ref, t.kind, e.direction, e.amount, "
             "e.currency, e.created_at FROM entries e JOIN transfers t ON t.id = e.transfer_id "
             "WHERE e.account_id = $1 AND ($2::bigint IS NULL OR e.id < $2) "
             "ORDER BY e.id DESC LIMIT $3",
@@ -247,6 +247,18 @@ class LedgerStore:
             "debits_posted, credits_posted, debits_pending, credits_pending "
             "FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
             sorted(set(account_ids)),
+        )
+        return {row["id"]: _state(row) for row in rows}
+
+    async def wallets_for(
+        self, conn: asyncpg.Connection, tenant_id: str, account_ids: Iterable[str]
+    ) -> dict[str, AccountState]:
+        """Lock the tenant's wallets among ``account_ids`` (as `lock_accounts`); others are left out."""
+        rows = await conn.fetch(
+            "SELECT id, tenant_id, currency, kind, normal_balance, allow_overdraft, lower_limit, "
+            "debits_posted, credits_posted, debits_pending, credits_pending FROM accounts "
+            "WHERE id = ANY($1::text[]) AND tenant_id = $2 AND kind = 'wallet' ORDER BY id FOR UPDATE",
+            sorted(set(account_ids)), tenant_id,
         )
         return {row["id"]: _state(row) for row in rows}
 

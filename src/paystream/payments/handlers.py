@@ -51,6 +51,9 @@ class PaymentHandlers:
                 destination_account_id=row["destination_account_id"],
                 amount=row["amount"],
                 currency=row["currency"],
+                refund_of=row["refund_of"],
+                destination_amount=row["destination_amount"],
+                destination_currency=row["destination_currency"],
             )
             envelope = make_envelope(
                 PaymentInitiated(order=order),
@@ -74,6 +77,7 @@ class PaymentHandlers:
         payments = await self._store.lock(conn, {_payment_id(e) for e in signals})
         now = datetime.now(UTC)
         changed: dict[str, StatusUpdate] = {}
+        refunded: dict[str, int] = {}
         timeline: list[TimelineRow] = []
         public: list[Envelope] = []
         for envelope in signals:
@@ -94,6 +98,9 @@ class PaymentHandlers:
                 payment["failure_code"] = transition.failure_code
                 payment["updated_at"] = now
                 changed[payment_id] = StatusUpdate(payment_id, transition.status, transition.failure_code)
+                if transition.status == "succeeded" and payment["refund_of"]:
+                    original = payment["refund_of"]
+                    refunded[original] = refunded.get(original, 0) + payment["amount"]
                 event_id = new_id("evt")
                 if transition.public_event:
                     event_cls = EVENT_TYPES[transition.public_event]
@@ -111,6 +118,7 @@ class PaymentHandlers:
                                 transition.failure_code)
                 )
         await self._store.apply_updates(conn, list(changed.values()), now)
+        await self._store.add_refunded(conn, refunded, now)
         await self._store.add_timeline(conn, timeline, now)
         await self._outbox.add(conn, public)
 

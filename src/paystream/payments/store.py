@@ -11,7 +11,8 @@ import asyncpg
 
 _COLUMNS = (
     "id, tenant_id, kind, status, amount, currency, source_account_id, destination_account_id, "
-    "failure_code, description, metadata, created_at, updated_at"
+    "failure_code, description, metadata, created_at, updated_at, refund_of, amount_refunded, "
+    "destination_amount, destination_currency, exchange_rate"
 )
 
 
@@ -25,6 +26,11 @@ def payment_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "currency": row["currency"],
         "source_account_id": row["source_account_id"],
         "destination_account_id": row["destination_account_id"],
+        "destination_amount": row["destination_amount"],
+        "destination_currency": row["destination_currency"],
+        "exchange_rate": None if row["exchange_rate"] is None else str(row["exchange_rate"]),
+        "refund_of": row["refund_of"],
+        "amount_refunded": row["amount_refunded"],
         "failure_code": row["failure_code"],
         "description": row["description"],
         "created_at": row["created_at"],
@@ -67,13 +73,16 @@ class PaymentsStore:
         row = await conn.fetchrow(
             f"INSERT INTO payments (id, tenant_id, client_id, kind, status, amount, currency, "
             f"source_account_id, destination_account_id, description, metadata, idempotency_key, "
-            f"created_at, updated_at) VALUES ($1, $2, $3, $4, 'processing', $5, $6, $7, $8, $9, "
-            f"$10, $11, $12, $12) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING "
-            f"RETURNING {_COLUMNS}",
+            f"created_at, updated_at, refund_of, destination_amount, destination_currency, "
+            f"exchange_rate) VALUES ($1, $2, $3, $4, 'processing', $5, $6, $7, $8, $9, "
+            f"$10, $11, $12, $12, $13, $14, $15, $16) "
+            f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
             values["id"], values["tenant_id"], values["client_id"], values["kind"],
             values["amount"], values["currency"], values["source_account_id"],
             values["destination_account_id"], values["description"], values["metadata"],
-            values["idempotency_key"], values["created_at"],
+            values["idempotency_key"], values["created_at"], values.get("refund_of"),
+            values.get("destination_amount"), values.get("destination_currency"),
+            values.get("exchange_rate"),
         )
         if row is not None:
             return row, True
@@ -83,6 +92,43 @@ class PaymentsStore:
         )
         assert existing is not None
         return existing, False
+
+    async def by_idempotency_key(
+        self, conn: asyncpg.Connection, tenant_id: str, key: str
+    ) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM payments WHERE tenant_id = $1 AND idempotency_key = $2",
+            tenant_id, key,
+        )
+
+    async def lock_one(
+        self, conn: asyncpg.Connection, tenant_id: str, payment_id: str
+    ) -> asyncpg.Record | None:
+        """Lock a payment (to refund it: refunds of one payment are created one at a time)."""
+        return await conn.fetchrow(
+            f"SELECT {_COLUMNS} FROM payments WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+            payment_id, tenant_id,
+        )
+
+    async def refunds_claimed(self, conn: asyncpg.Connection, payment_id: str) -> int:
+        """What the payment's refunds that have not failed or been declined add up to."""
+        value = await conn.fetchval(
+            "SELECT coalesce(sum(amount), 0) FROM payments WHERE refund_of = $1 "
+            "AND status IN ('processing', 'requires_review', 'succeeded')",
+            payment_id,
+        )
+        return int(value)
+
+    async def add_refunded(self, conn: asyncpg.Connection, refunded: dict[str, int], now: datetime) -> None:
+        """Count succeeded refunds into their payments' ``amount_refunded``."""
+        if not refunded:
+            return
+        ids = sorted(refunded)
+        await conn.execute(
+            "UPDATE payments p SET amount_refunded = p.amount_refunded + v.amount, updated_at = $3 "
+            "FROM unnest($1::text[], $2::bigint[]) AS v(id, amount) WHERE p.id = v.id",
+            ids, [refunded[i] for i in ids], now,
+        )
 
     async def get(
         self, conn: asyncpg.Connection, tenant_id: str, payment_id: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 # ISO 4217 codes paystream accepts, with their minor-unit exponent.
 CURRENCIES: dict[str, int] = {
@@ -59,3 +60,17 @@ class Money:
         if exponent == 0:
             return f"{sign}{whole} {self.currency}"
         return f"{sign}{whole}.{frac:0{exponent}d} {self.currency}"
+
+
+def convert(amount: int, source: str, destination: str, rate: Decimal) -> int:
+    """``amount`` minor units of ``source`` in minor units of ``destination``, at ``rate``.
+
+    ``rate`` is the price of one major unit of ``source`` in major units of ``destination``
+    (as quoted: EUR→USD 1.08), so the currencies' minor-unit exponents are applied here.
+    Rounded half to even (the banker's rule) to whole minor units.
+    """
+    shift = CURRENCIES[destination] - CURRENCIES[source]
+    with localcontext() as ctx:
+        ctx.prec = 80  # exact for any amount and rate the API accepts
+        scaled = Decimal(amount) * rate * (Decimal(10) ** shift)
+        return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))

@@ -3,14 +3,16 @@
 Read-only, across the ledger's and payments' schemas (an operator's view, so it uses
 the cluster's admin URL from ``stack.json``):
 
-* every transfer's entries sum to zero per currency, with at least two legs;
+* every posted transfer's entries sum to zero per currency, with at least two legs, and
+  holds (with the voids and expiries that close them) have none;
 * every account's running totals equal the sum of its entries;
 * the sum of all balances is zero per currency (money is only moved, never made);
-* no account that forbids overdraft is below zero;
+* no account is below its lower limit (zero when it forbids overdraft);
 * every accepted payment is in exactly one terminal state (when ``settled`` is asked);
-* the ledger agrees with payments: a succeeded payment has exactly one transfer of its
-  amount, and a failed or declined one has none;
-* nothing applied twice: one transfer per payment, one delivery per (endpoint, event),
+* the ledger agrees with payments: a succeeded payment was posted exactly once, for its
+  amount (in one step or by posting its review hold), a failed or declined one never was,
+  and (when ``settled``) no finished payment still holds funds;
+* nothing applied twice: one posting per payment, one delivery per (endpoint, event),
   one terminal timeline entry per payment.
 """
 
@@ -47,16 +49,32 @@ async def check_invariants(postgres_url: str, *, settled: bool = True) -> Invari
     return report
 
 
+# The transfer that posted each payment: in one step, or the post of its review hold (which
+# carries the payment's id too). The second half of a held exchange (ref "<payment>:fx") and
+# transfers made directly through /v1/transfers (kind 'ledger') are not payments' postings.
+_POSTINGS = """
+    SELECT t.tenant_id, t.external_ref AS ref, t.id, t.amount, t.currency FROM ledger.transfers t
+    WHERE t.phase IN ('posted', 'post_pending') AND t.kind <> 'ledger'
+      AND t.external_ref NOT LIKE '%:fx'
+"""
+
+
 async def _ledger_checks(conn: asyncpg.Connection, report: InvariantReport) -> None:
     transfers = await conn.fetchval("SELECT count(*) FROM ledger.transfers")
     unbalanced = await conn.fetchval(
         """
         SELECT count(*) FROM (
             SELECT t.id FROM ledger.transfers t LEFT JOIN ledger.entries e ON e.transfer_id = t.id
-            GROUP BY t.id
-            HAVING count(e.id) < 2
-                OR coalesce(sum(CASE e.direction WHEN 'debit' THEN e.amount ELSE -e.amount END), 0) <> 0
-                OR count(DISTINCT e.currency) <> 1
+            GROUP BY t.id, t.phase
+            HAVING (t.phase IN ('posted', 'post_pending') AND count(e.id) < 2)
+                OR (t.phase NOT IN ('posted', 'post_pending') AND count(e.id) > 0)
+        ) bad
+        """
+    ) + await conn.fetchval(
+        """
+        SELECT count(*) FROM (
+            SELECT transfer_id FROM ledger.entries GROUP BY transfer_id, currency
+            HAVING sum(CASE direction WHEN 'debit' THEN amount ELSE -amount END) <> 0
         ) bad
         """
     )
@@ -79,20 +97,25 @@ async def _ledger_checks(conn: asyncpg.Connection, report: InvariantReport) -> N
                f"{accounts} accounts match their entries", f"{mismatched} accounts differ from their entries")
     rows = await conn.fetch(
         "SELECT currency, sum(credits_posted - debits_posted) AS net, "
+        "sum(credits_pending - debits_pending) AS held, "
         "sum(credits_posted) AS moved FROM ledger.accounts GROUP BY currency ORDER BY currency"
     )
-    off = [r for r in rows if r["net"] != 0]
+    off = [r for r in rows if r["net"] != 0 or r["held"] != 0]
     report.add("total balance conserved", len(off),
                ", ".join(f"{r['currency']}: net 0 over {r['moved']} moved" for r in rows) or "no accounts",
-               ", ".join(f"{r['currency']} nets to {r['net']}" for r in off))
+               ", ".join(f"{r['currency']} nets to {r['net']} posted, {r['held']} pending" for r in off))
     overdrawn = await conn.fetchval(
         """
-        SELECT count(*) FROM ledger.accounts WHERE NOT allow_overdraft AND (
-            (normal_balance = 'credit' AND credits_posted - debits_posted - debits_pending < 0)
-            OR (normal_balance = 'debit' AND debits_posted - credits_posted - credits_pending < 0))
+        SELECT count(*) FROM ledger.accounts WHERE coalesce(lower_limit, 0) > 0 OR (
+            (NOT allow_overdraft OR lower_limit IS NOT NULL) AND (
+            (normal_balance = 'credit' AND credits_posted - debits_posted - debits_pending
+                < coalesce(lower_limit, 0))
+            OR (normal_balance = 'debit' AND debits_posted - credits_posted - credits_pending
+                < coalesce(lower_limit, 0))))
         """
     )
-    report.add("no forbidden overdraft", overdrawn, "none below zero", f"{overdrawn} accounts overdrawn")
+    report.add("no forbidden overdraft", overdrawn, "none below its lower limit",
+               f"{overdrawn} accounts overdrawn")
 
 
 async def _payment_checks(conn: asyncpg.Connection, report: InvariantReport, *, settled: bool) -> None:
@@ -105,29 +128,39 @@ async def _payment_checks(conn: asyncpg.Connection, report: InvariantReport, *, 
         report.add("every payment terminal", open_, f"{total} payments: {summary}",
                    f"{open_} of {total} not terminal ({summary})")
     wrong = await conn.fetchval(
-        """
+        f"""
         SELECT count(*) FROM payments.payments p
-        LEFT JOIN ledger.transfers t ON t.tenant_id = p.tenant_id AND t.external_ref = p.id
+        LEFT JOIN ({_POSTINGS}) t ON t.tenant_id = p.tenant_id AND t.ref = p.id
         WHERE (p.status = 'succeeded' AND (t.id IS NULL OR t.amount <> p.amount OR t.currency <> p.currency))
            OR (p.status IN ('failed', 'declined') AND t.id IS NOT NULL)
         """
     )
     orphans = await conn.fetchval(
-        """
-        SELECT count(*) FROM ledger.transfers t
-        LEFT JOIN payments.payments p ON p.id = t.external_ref AND p.tenant_id = t.tenant_id
+        f"""
+        SELECT count(*) FROM ({_POSTINGS}) t
+        LEFT JOIN payments.payments p ON p.id = t.ref AND p.tenant_id = t.tenant_id
         WHERE p.id IS NULL OR p.status NOT IN ('succeeded', 'processing', 'requires_review')
         """
     )
-    report.add("ledger agrees with payments", wrong + orphans,
-               "every succeeded payment posted once, no other payment posted",
-               f"{wrong} payments disagree with the ledger, {orphans} transfers without a succeeded payment")
+    # A declined payment's hold is voided by the ledger a moment after payments records the
+    # decline, so only a settled stack must have no hold left on a finished payment.
+    held = 0 if not settled else await conn.fetchval(
+        """
+        SELECT count(*) FROM ledger.holds h JOIN ledger.transfers t ON t.id = h.transfer_id
+        JOIN payments.payments p ON p.id = t.external_ref AND p.tenant_id = t.tenant_id
+        WHERE h.status = 'pending' AND p.status IN ('succeeded', 'failed', 'declined')
+        """
+    )
+    report.add("ledger agrees with payments", wrong + orphans + held,
+               "every succeeded payment posted once, no other payment posted or still held",
+               f"{wrong} payments disagree with the ledger, {orphans} transfers without a succeeded "
+               f"payment, {held} finished payments still holding funds")
 
 
 async def _duplicate_checks(conn: asyncpg.Connection, report: InvariantReport) -> None:
     twice = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT external_ref FROM ledger.transfers "
-        "GROUP BY tenant_id, external_ref HAVING count(*) > 1) d"
+        f"SELECT count(*) FROM (SELECT ref FROM ({_POSTINGS}) t "
+        "GROUP BY tenant_id, ref HAVING count(*) > 1) d"
     )
     terminal_twice = await conn.fetchval(
         "SELECT count(*) FROM (SELECT payment_id FROM payments.payment_events "
