@@ -160,3 +160,9 @@ def test_decision_is_the_strictest_hit(hits: list[tuple[Outcome, str]]) -> None:
     rank = {"approve": 0, "review": 1, "decline": 2}
     decision = decide([Always(o, r) for o, r in hits], _facts())
     assert decision.outcome == max((o for o, _ in hits), key=rank.__getitem__)
+
+
+def test_a_refund_is_approved_without_rules_even_above_every_limit() -> None:
+    rules = default_rules(amount_limit=1_000, review_threshold=500, velocity_limit=1)
+    decision = decide(rules, Facts(amount=10_000, currency="USD", kind="refund", recent_payments=None))
+    assert decision == Decision("approve", ("refund",))

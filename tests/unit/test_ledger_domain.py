@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import count
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from paystream.ledger.domain import (
     AccountState,
+    Book,
+    HoldAction,
+    HoldVerb,
     Leg,
     NormalBalance,
     Posted,
     Rejected,
     TransferRequest,
     check_balanced,
+    exchange_legs,
     post_batch,
     simple_transfer,
 )
@@ -346,3 +351,128 @@ def test_one_batch_decides_like_the_same_transfers_one_by_one(
     single_codes = [_code(_only(apart, request)) for request in requests]
     assert batch_codes == single_codes
     assert _totals(together) == _totals(apart)
+
+
+# Holds, lower limits, refunds, currencies.
+
+
+def _hold(debit: str, credit: str, amount: int) -> TransferRequest:
+    n = next(_serial)
+    return simple_transfer(
+        transfer_id=f"trf_h{n}", tenant_id=TENANT, external_ref=f"pay_h{n}", kind="transfer",
+        debit_account=debit, credit_account=credit, amount=amount, currency="USD", phase="pending",
+    )
+
+
+def _act(hold: TransferRequest, verb: HoldVerb, amount: int | None = None) -> HoldAction:
+    n = next(_serial)
+    return HoldAction(f"trf_a{n}", TENANT, hold.external_ref, hold.transfer_id, verb, amount)
+
+
+def test_a_hold_moves_only_pending_totals_and_reduces_what_can_be_spent() -> None:
+    book = Book(_book(_account("alice", balance=500), _account("bob")))
+    hold = _hold("alice", "bob", 300)
+    assert isinstance(book.transfer(hold), Posted)
+    alice, bob = book.accounts["alice"], book.accounts["bob"]
+    assert (alice.posted, alice.pending, alice.available) == (500, 300, 200)
+    assert (bob.posted, bob.credits_pending) == (0, 300)
+    assert _code(book.transfer(_move("alice", "carol", 201))) == "account_not_found"
+    book.accounts["carol"] = _account("carol")
+    assert _code(book.transfer(_move("alice", "carol", 201))) == "insufficient_funds"
+    assert _code(book.transfer(_move("alice", "carol", 200))) == "posted"
+
+
+def test_posting_part_of_a_hold_releases_the_rest() -> None:
+    book = Book(_book(_account("alice", balance=500), _account("bob")))
+    hold = _hold("alice", "bob", 300)
+    book.transfer(hold)
+    posted = book.act_on_hold(_act(hold, "post", 120))
+    assert isinstance(posted, Posted) and posted.request.phase == "post_pending"
+    assert posted.request.amount == 120 and posted.request.pending_id == hold.transfer_id
+    alice, bob = book.accounts["alice"], book.accounts["bob"]
+    assert (alice.posted, alice.pending, bob.posted, bob.credits_pending) == (380, 0, 120, 0)
+    assert book.result.closed_holds[hold.transfer_id] == ("posted", posted.request.transfer_id)
+
+
+@pytest.mark.parametrize(("first", "second", "code"), [
+    ("post", "post", "hold_posted"), ("post", "void", "hold_posted"),
+    ("void", "post", "hold_voided"), ("expire", "post", "hold_expired"),
+    ("expire", "void", "hold_expired"),
+])
+def test_a_hold_is_closed_exactly_once(first: HoldVerb, second: HoldVerb, code: str) -> None:
+    book = Book(_book(_account("alice", balance=500), _account("bob")))
+    hold = _hold("alice", "bob", 300)
+    book.transfer(hold)
+    assert isinstance(book.act_on_hold(_act(hold, first)), Posted)
+    before = _totals(book.accounts), book.accounts["alice"].pending
+    assert _code(book.act_on_hold(_act(hold, second))) == code
+    assert (_totals(book.accounts), book.accounts["alice"].pending) == before
+
+
+def test_posting_more_than_was_held_or_an_unknown_hold_is_refused() -> None:
+    book = Book(_book(_account("alice", balance=500), _account("bob")))
+    hold = _hold("alice", "bob", 300)
+    book.transfer(hold)
+    assert _code(book.act_on_hold(_act(hold, "post", 301))) == "amount_exceeds_hold"
+    assert _code(book.act_on_hold(HoldAction("trf_x", TENANT, "r", "trf_nope", "void"))) == "hold_not_found"
+    assert book.accounts["alice"].pending == 300
+
+
+def test_a_hold_has_two_legs_in_one_currency() -> None:
+    book = Book(_book(_account("alice", balance=500), _account("bob"), _account("fees")))
+    three = TransferRequest("trf_3", TENANT, "pay_3", "transfer", "USD",
+                            (Leg("alice", "debit", 10), Leg("bob", "credit", 5), Leg("fees", "credit", 5)),
+                            phase="pending")
+    assert _code(book.transfer(three)) == "invalid_hold"
+
+
+def test_a_lower_limit_is_a_credit_line_the_account_cannot_pass() -> None:
+    line = AccountState("line", TENANT, "USD", "credit", True, lower_limit=-1_000)
+    book = _book(line, _account("bob"))
+    assert _code(_only(book, _move("line", "bob", 1_000))) == "posted"
+    assert _code(_only(book, _move("line", "bob", 1))) == "insufficient_funds"
+    assert line.available == -1_000
+
+
+def test_a_debit_normal_account_is_limited_on_its_credit_side() -> None:
+    loan = AccountState("loan", TENANT, "USD", "debit", False, debits_posted=300)
+    book = _book(loan, _account("bob", overdraft=True))
+    assert loan.posted == 300
+    assert _code(_only(book, _move("bob", "loan", 301))) == "insufficient_funds"
+    assert _code(_only(book, _move("bob", "loan", 300))) == "posted"
+
+
+def test_refunds_never_exceed_what_the_transfer_moved_even_within_one_batch() -> None:
+    accounts = _book(_account("alice", balance=1_000), _account("bob", balance=1_000))
+    book = Book(accounts, refundable={"trf_paid": 500})
+
+    def refund(amount: int) -> TransferRequest:
+        n = next(_serial)
+        return simple_transfer(transfer_id=f"trf_r{n}", tenant_id=TENANT, external_ref=f"pay_r{n}",
+                               kind="refund", debit_account="bob", credit_account="alice",
+                               amount=amount, currency="USD", refund_of="trf_paid")
+
+    codes = [_code(o) for o in book.run([refund(300), refund(201), refund(200), refund(1)]).outcomes]
+    assert codes == ["posted", "refund_exceeds_payment", "posted", "refund_exceeds_payment"]
+    assert book.refundable["trf_paid"] == 0
+    assert _code(Book(accounts).transfer(refund(1))) == "refund_not_possible"
+
+
+def test_an_exchange_balances_in_each_currency_through_the_exchange_accounts() -> None:
+    usd, eur = _account("usd", balance=1_000), _account("eur", currency="EUR")
+    ex_usd = AccountState("ex_usd", TENANT, "USD", "debit", True)
+    ex_eur = AccountState("ex_eur", TENANT, "EUR", "debit", True)
+    legs = exchange_legs(source="usd", source_amount=1_000, source_currency="USD", source_exchange="ex_usd",
+                         destination="eur", destination_amount=921, destination_currency="EUR",
+                         destination_exchange="ex_eur")
+    request = TransferRequest("trf_fx", TENANT, "pay_fx", "transfer", "USD", legs)
+    assert check_balanced(legs) and request.amount == 1_000
+    assert _code(_only(_book(usd, eur, ex_usd, ex_eur), request)) == "posted"
+    assert (usd.posted, eur.posted, ex_usd.posted, ex_eur.posted) == (0, 921, -1_000, 921)
+
+
+def test_legs_in_two_currencies_must_balance_in_each() -> None:
+    book = _book(_account("usd", balance=100), _account("eur", currency="EUR"))
+    request = TransferRequest("trf_m", TENANT, "pay_m", "transfer", "USD",
+                              (Leg("usd", "debit", 100), Leg("eur", "credit", 100, "EUR")))
+    assert _code(_only(book, request)) == "unbalanced_transfer"

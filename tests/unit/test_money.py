@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paystream.platform.money import CURRENCIES, MAX_AMOUNT, Money, is_currency
+from paystream.platform.money import CURRENCIES, MAX_AMOUNT, Money, convert, is_currency
 
 currencies = st.sampled_from(sorted(CURRENCIES))
 amounts = st.integers(min_value=-MAX_AMOUNT, max_value=MAX_AMOUNT)
@@ -109,3 +109,19 @@ def test_arithmetic_results_stay_integers(a: int, b: int, currency: str) -> None
     x, y = Money(a, currency), Money(b, currency)
     for result in (x + y, x - y, -x):
         assert type(result.amount) is int
+
+
+@pytest.mark.parametrize(("amount", "source", "destination", "rate", "expected"), [
+    (10_000, "USD", "EUR", "0.9215", 9_215),
+    (12_345, "USD", "JPY", "150.5", 18_579),     # 18,579.225 yen
+    (3, "USD", "EUR", "0.5", 2),                 # 1.5 → 2 (half to even)
+    (5, "USD", "EUR", "0.5", 2),                 # 2.5 → 2 (half to even)
+    (1_000, "JPY", "USD", "0.0066", 660),        # 1,000 yen is 6.60 dollars
+    (1_000, "USD", "BHD", "0.376", 3_760),       # three-decimal currency
+    (10**15, "USD", "BHD", "999999999999.999999999999",
+     9_999_999_999_999_999_999_999_990_000),  # exact: no precision lost
+])
+def test_convert_applies_the_rate_and_both_exponents_rounding_half_to_even(
+    amount: int, source: str, destination: str, rate: str, expected: int
+) -> None:
+    assert convert(amount, source, destination, Decimal(rate)) == expected
