@@ -167,14 +167,18 @@ async def check_run(conn: asyncpg.Connection, before: dict[str, int], n: int) ->
         raise SystemExit(f"run did not post what it should: expected {expected}, got {got}, "
                          f"debits - credits = {after['imbalance']}")
     if await conn.fetchval("SELECT to_regclass('chain_head') IS NOT NULL"):
-        # The ledger's hash chain (migration 002): every entry chained, the head at the last one.
-        unchained, head, last = await conn.fetchrow(
+        # The ledger's hash chains (migrations 002, 005): every entry chained, each chain's
+        # head at its last entry, and the chains together as long as there are entries.
+        unchained, heads, lasts, chains = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM entries WHERE seq IS NULL OR hash IS NULL), "
-            "(SELECT seq FROM chain_head), (SELECT max(seq) FROM entries)"
+            "(SELECT sum(seq) FROM chain_head), "
+            "(SELECT sum(m) FROM (SELECT max(seq) AS m FROM entries GROUP BY chain) x), "
+            "(SELECT count(DISTINCT chain) FROM entries)"
         )
-        if unchained or head != last or last != after["entries"]:
-            raise SystemExit(f"hash chain incomplete: {unchained} unchained, head {head}, last seq {last}, "
-                             f"{after['entries']} entries")
+        if unchained or heads != lasts or lasts != after["entries"]:
+            raise SystemExit(f"hash chain incomplete: {unchained} unchained, heads sum {heads}, "
+                             f"last seqs sum {lasts}, {after['entries']} entries")
+        log.info("chains in use: %s", chains)
     kinds = await conn.fetch("SELECT DISTINCT convert_from(body, 'UTF8')::jsonb ->> 'type' AS type FROM outbox")
     if [r["type"] for r in kinds] != ["ledger.posted"]:
         raise SystemExit(f"unexpected outbox events: {[r['type'] for r in kinds]}")

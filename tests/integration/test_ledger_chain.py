@@ -94,7 +94,7 @@ def _check(report: VerifyReport, name: str) -> Any:
 async def test_posted_history_is_chained_gaplessly_and_verifies(ledger: Any, admin_pool: asyncpg.Pool) -> None:
     db, _ = ledger
     rows = await db.pool.fetch("SELECT id, seq FROM entries ORDER BY seq")
-    head = await db.pool.fetchrow("SELECT seq, hash FROM chain_head")
+    head = await db.pool.fetchrow("SELECT seq, hash FROM chain_head WHERE chain = 0")
 
     assert [r["seq"] for r in rows] == list(range(1, 9))  # pay_5 was refused: 4 transfers posted
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
@@ -218,7 +218,8 @@ async def test_migration_002_chains_existing_rows_the_way_the_store_does(
         )
         monkeypatch.setattr(migrations, "migrations_for", full)
         applied = await migrations.migrate(conn, service="ledger", schema=schema, password="pw-one")
-    assert applied == ["ledger/002_chain", "ledger/003_checkpoints", "ledger/004_holds"]
+    assert applied == ["ledger/002_chain", "ledger/003_checkpoints", "ledger/004_holds",
+                       "ledger/005_chains"]
 
     async with admin_pool.acquire() as conn:
         chained = await conn.fetch(f'SELECT transfer_id, seq FROM "{schema}".entries ORDER BY seq')
@@ -235,12 +236,12 @@ async def test_migration_002_chains_existing_rows_the_way_the_store_does(
     async with admin_pool.acquire() as conn:
         report = await verify_connection(conn, schema)
         assert report.ok, str(report)
-        assert await conn.fetchval(f'SELECT seq FROM "{schema}".chain_head') == 6
+        assert await conn.fetchval(f'SELECT seq FROM "{schema}".chain_head WHERE chain = 0') == 6
 
 
 async def test_migration_002_on_an_empty_ledger_starts_at_genesis(make_schema: Any) -> None:
     db = await make_schema("ledger")
-    head = await db.pool.fetchrow("SELECT seq, hash FROM chain_head")
+    head = await db.pool.fetchrow("SELECT seq, hash FROM chain_head WHERE chain = 0")
     assert (head["seq"], bytes(head["hash"])) == (0, bytes(32))
 
 

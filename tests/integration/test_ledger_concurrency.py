@@ -98,3 +98,23 @@ async def test_hot_accounts_under_concurrent_posters_lose_nothing_and_never_dead
     async with admin_pool.acquire() as conn:
         report = await verify_connection(conn, db.schema)
     assert report.ok, str(report)
+
+
+async def test_unrelated_postings_spread_over_the_hash_chains_instead_of_queueing_on_one(
+    make_schema: Any, admin_pool: asyncpg.Pool
+) -> None:
+    """Transfers between disjoint pairs of accounts, all at once: they share no account lock,
+    so they must not share one chain lock either; each takes a free chain."""
+    db = await make_schema("ledger", max_size=12)
+    service = TransferService(db.pool, LedgerStore())
+    async with db.pool.acquire() as conn:
+        wallets = await _wallets(conn, 24, overdraft=True)
+    pairs = list(zip(wallets[::2], wallets[1::2], strict=True))
+    for _ in range(5):
+        await asyncio.gather(*(service.create(TENANT, _body(f"p-{a}-{b}-{_}", a, b, 10)) for a, b in pairs))
+    chains = await db.pool.fetchval("SELECT count(DISTINCT chain) FROM entries")
+    assert chains > 1
+    async with admin_pool.acquire() as conn:
+        report = await verify_connection(conn, db.schema)
+    assert report.ok, str(report)
+    assert f"in {chains} of 16 chains" in report.checks[0].detail

@@ -126,9 +126,10 @@ class LedgerHandlers:
         fx = [(o.tenant_id, c) for o in orders if o.destination_currency
               for c in (o.currency, o.destination_currency)]
         await self._store.ensure_system(conn, "exchange", fx)
+        decided, holds = await self._store.decisions(conn, keys)
         return _Context(
-            decided=await self._store.decided_refs(conn, keys),
-            holds=await self._store.holds_by_ref(conn, keys),
+            decided=decided,
+            holds=holds,
             originals=await self._store.posted_transfers_by_ref(
                 conn, [(o.tenant_id, o.refund_of) for o in orders if o.refund_of]
             ),

@@ -2,12 +2,13 @@
 
 Posting locks the accounts a batch touches in id order (``ORDER BY id FOR UPDATE``),
 so concurrent batches never deadlock, then writes every change of the batch with a
-handful of set-based statements. Entries are appended to the ledger's hash chain
-(`paystream.ledger.chain`) in the same transaction, after locking the chain's head.
+handful of set-based statements. Entries are appended to one of the ledger's hash chains
+(`paystream.ledger.chain`) in the same transaction, after locking that chain's head.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +33,9 @@ _ACCOUNT_COLUMNS = (
     "id, tenant_id, currency, kind, normal_balance, allow_overdraft, lower_limit, owner_user_id, "
     "metadata, debits_posted, credits_posted, debits_pending, credits_pending, created_at"
 )
+
+CHAINS = 16
+"""Hash chains the ledger appends to (migration 005): a posting takes the lowest free one."""
 
 _HOLD_COLUMNS = (
     "h.transfer_id, h.tenant_id, t.external_ref, t.kind, h.debit_account_id, h.credit_account_id, "
@@ -238,6 +242,30 @@ class LedgerStore:
         )
         return {(row["tenant_id"], row["external_ref"]) for row in rows}
 
+    async def decisions(
+        self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]
+    ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str]]:
+        """In one round trip: which (tenant, external ref) pairs were decided (posted, held or
+        rejected), and the pending transfer's id for those that made a hold."""
+        refs = list(refs)
+        if not refs:
+            return set(), {}
+        rows = await conn.fetch(
+            "SELECT t.tenant_id, t.external_ref, t.id, t.phase FROM transfers t "
+            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
+            "ON t.tenant_id = r.tenant_id AND t.external_ref = r.ref "
+            "AND t.phase IN ('posted', 'pending') "
+            "UNION ALL "
+            "SELECT j.tenant_id, j.external_ref, NULL, 'rejected' FROM rejections j "
+            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
+            "ON j.tenant_id = r.tenant_id AND j.external_ref = r.ref",
+            [r[0] for r in refs], [r[1] for r in refs],
+        )
+        decided = {(row["tenant_id"], row["external_ref"]) for row in rows}
+        held = {(row["tenant_id"], row["external_ref"]): row["id"] for row in rows
+                if row["phase"] == "pending"}
+        return decided, held
+
     async def lock_accounts(
         self, conn: asyncpg.Connection, account_ids: Iterable[str]
     ) -> dict[str, AccountState]:
@@ -363,10 +391,13 @@ class LedgerStore:
         self, conn: asyncpg.Connection, hold_ids: Iterable[str]
     ) -> dict[str, HoldState]:
         """Lock the holds in id order (before any account, always) and load them."""
+        hold_ids = sorted(set(hold_ids))
+        if not hold_ids:
+            return {}
         rows = await conn.fetch(
             f"SELECT {_HOLD_COLUMNS} FROM holds h JOIN transfers t ON t.id = h.transfer_id "
             "WHERE h.transfer_id = ANY($1::text[]) ORDER BY h.transfer_id FOR UPDATE OF h",
-            sorted(set(hold_ids)),
+            hold_ids,
         )
         return {row["transfer_id"]: _hold(row) for row in rows}
 
@@ -430,6 +461,9 @@ class LedgerStore:
         Read after the accounts are locked: every refund of a transfer locks the same two
         accounts, so no other refund of it can commit in between.
         """
+        transfer_ids = list(set(transfer_ids))
+        if not transfer_ids:
+            return {}
         rows = await conn.fetch(
             "SELECT t.id, t.amount - coalesce((SELECT sum(r.amount) FROM transfers r "
             "WHERE r.refund_of = t.id), 0) AS room FROM transfers t WHERE t.id = ANY($1::text[])",
@@ -471,21 +505,33 @@ class LedgerStore:
     async def _append_entries(
         self, conn: asyncpg.Connection, posted: list[TransferRequest], now: datetime
     ) -> None:
-        """Insert the legs of ``posted`` as entries chained after the current head.
+        """Insert the legs of ``posted`` as entries chained after the head of a free chain.
 
-        The head row is locked first and entry ids are drawn after it, so ids, seqs and
-        hashes all follow one order even if two writers ever raced. This is the only
-        path that writes entries; anything else would leave them unchained, which
-        `paystream ledger verify` reports.
+        The lowest-numbered chain no other transaction holds is locked (SKIP LOCKED, so
+        unrelated postings never queue behind one lock until commit; a lone writer stays
+        on chain 0). Its head is locked before entry ids are drawn, so within a chain ids,
+        seqs and hashes follow one order. This is the only path that writes entries;
+        anything else would leave them unchained, which `paystream ledger verify` reports.
         """
         legs = [(r, leg) for r in posted for leg in r.legs]
-        head = await conn.fetchrow("SELECT seq, hash FROM chain_head FOR UPDATE")
-        assert head is not None, "chain_head has its one row from migration 002"
-        ids = await conn.fetch(
-            "SELECT nextval(pg_get_serial_sequence('entries', 'id')) AS id "
-            "FROM generate_series(1, $1)",
+        # The head and, drawn after its lock, the entries' ids: one round trip.
+        head = await conn.fetchrow(
+            "WITH h AS (SELECT chain, seq, hash FROM chain_head ORDER BY chain LIMIT 1 "
+            "FOR UPDATE SKIP LOCKED) SELECT h.chain, h.seq, h.hash, (SELECT array_agg(nextval("
+            "pg_get_serial_sequence('entries', 'id')) ORDER BY g) FROM generate_series(1, $1) g) "
+            "AS ids FROM h",
             len(legs),
         )
+        if head is None:  # every chain is in use: wait for one
+            head = await conn.fetchrow(
+                "WITH h AS (SELECT chain, seq, hash FROM chain_head WHERE chain = $2 FOR UPDATE) "
+                "SELECT h.chain, h.seq, h.hash, (SELECT array_agg(nextval("
+                "pg_get_serial_sequence('entries', 'id')) ORDER BY g) FROM generate_series(1, $1) g) "
+                "AS ids FROM h",
+                len(legs), secrets.randbelow(CHAINS),
+            )
+        assert head is not None, "chain_head has its rows from migrations 002 and 005"
+        ids = [{"id": i} for i in head["ids"]]
         fields = [
             EntryFields(
                 id=row["id"], transfer_id=r.transfer_id, account_id=leg.account_id,
@@ -496,10 +542,12 @@ class LedgerStore:
         ]
         links = extend(head["seq"], bytes(head["hash"]), fields)
         await conn.execute(
-            "INSERT INTO entries (id, transfer_id, account_id, direction, amount, currency, "
-            "seq, prev_hash, hash, created_at) SELECT *, $10::timestamptz FROM unnest("
+            "WITH e AS (INSERT INTO entries (id, transfer_id, account_id, direction, amount, "
+            "currency, seq, prev_hash, hash, created_at, chain) "
+            "SELECT *, $10::timestamptz, $11::smallint FROM unnest("
             "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
-            "$7::bigint[], $8::bytea[], $9::bytea[])",
+            "$7::bigint[], $8::bytea[], $9::bytea[])) "
+            "UPDATE chain_head SET seq = $12, hash = $13 WHERE chain = $11",
             [f.id for f in fields],
             [f.transfer_id for f in fields],
             [f.account_id for f in fields],
@@ -510,7 +558,7 @@ class LedgerStore:
             [link.prev_hash for link in links],
             [link.hash for link in links],
             now,
-        )
-        await conn.execute(
-            "UPDATE chain_head SET seq = $1, hash = $2", links[-1].seq, links[-1].hash
+            head["chain"],
+            links[-1].seq,
+            links[-1].hash,
         )

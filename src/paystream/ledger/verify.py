@@ -51,12 +51,14 @@ class ChainedEntry:
     seq: int | None
     prev_hash: bytes | None
     hash: bytes | None
+    chain: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     seq: int
     hash: bytes
+    chain: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class Checkpoint:
     hash: bytes
     key_id: str
     signature: bytes
+    chain: int = 0
 
 
 @dataclass
@@ -77,27 +80,43 @@ class VerifyReport(CheckReport):
 # --------------------------------------------------------------------------- pure checks
 
 
-def check_chain(entries: Sequence[ChainedEntry], head: Head | None) -> Check:
-    """The hash chain recomputes end to end; the detail names the first broken entry."""
+def check_chain(entries: Sequence[ChainedEntry], heads: Sequence[Head] | Head | None) -> Check:
+    """Every hash chain recomputes end to end; the detail names the first broken entry.
+
+    Each chain runs from genesis by its own seq, and each chain's head names its last entry.
+    """
     name = "hash chain intact"
+    if heads is None or isinstance(heads, Head):
+        heads = [] if heads is None else [heads]
     unchained = sorted((e for e in entries if e.seq is None), key=lambda e: e.fields.id)
-    chained = sorted((e for e in entries if e.seq is not None), key=lambda e: e.seq or 0)
     if unchained:
         return Check(name, False, f"entry {unchained[0].fields.id} is not chained "
                                   f"({len(unchained)} entries without a seq)")
-    prev, expected_seq = GENESIS, 1
-    for entry in chained:
-        problem = _link_problem(entry, prev, expected_seq)
-        if problem:
-            return Check(name, False, f"entry {entry.fields.id} (seq {entry.seq}): {problem}")
-        prev, expected_seq = entry_hash(prev, expected_seq, entry.fields), expected_seq + 1
-    last_seq = expected_seq - 1
-    if head is None:
+    chains: dict[int, list[ChainedEntry]] = defaultdict(list)
+    for entry in entries:
+        chains[entry.chain].append(entry)
+    by_chain = {h.chain: h for h in heads}
+    if not by_chain:
         return Check(name, False, "chain_head is missing")
-    if head.seq != last_seq or head.hash != prev:
-        return Check(name, False, f"chain_head (seq {head.seq}) does not match the last entry "
-                                  f"(seq {last_seq}): entries after it were removed or it was moved")
-    return Check(name, True, f"{last_seq} entries chained, head {prev.hex()[:16]}")
+    total = 0
+    for chain in sorted(set(chains) | set(by_chain)):
+        prev, expected_seq = GENESIS, 1
+        where = "" if chain == 0 else f"chain {chain}, "
+        for entry in sorted(chains.get(chain, []), key=lambda e: e.seq or 0):
+            problem = _link_problem(entry, prev, expected_seq)
+            if problem:
+                return Check(name, False, f"entry {entry.fields.id} ({where}seq {entry.seq}): {problem}")
+            prev, expected_seq = entry_hash(prev, expected_seq, entry.fields), expected_seq + 1
+        last_seq = expected_seq - 1
+        head = by_chain.get(chain)
+        if head is None:
+            return Check(name, False, f"chain {chain} has entries but no chain_head")
+        if head.seq != last_seq or head.hash != prev:
+            return Check(name, False, f"chain_head ({where}seq {head.seq}) does not match the last "
+                                      f"entry (seq {last_seq}): entries after it were removed or it was moved")
+        total += last_seq
+    used = sum(1 for c in chains if chains[c])
+    return Check(name, True, f"{total} entries chained in {used} of {len(by_chain)} chains")
 
 
 def _link_problem(entry: ChainedEntry, prev: bytes, expected_seq: int) -> str | None:
@@ -238,10 +257,11 @@ def check_checkpoints(
     A chain rewritten and rehashed from some entry on passes `check_chain`, but not this.
     """
     name = "checkpoints match the chain"
-    hashes = {e.seq: e.hash for e in entries if e.seq is not None}
-    for point in sorted(checkpoints, key=lambda c: c.seq):
-        if hashes.get(point.seq) != point.hash:
-            return Check(name, False, f"checkpoint at seq {point.seq} does not match the chain: "
+    hashes = {(e.chain, e.seq): e.hash for e in entries if e.seq is not None}
+    for point in sorted(checkpoints, key=lambda c: (c.chain, c.seq)):
+        where = "" if point.chain == 0 else f" of chain {point.chain}"
+        if hashes.get((point.chain, point.seq)) != point.hash:
+            return Check(name, False, f"checkpoint at seq {point.seq}{where} does not match the chain: "
                                       "history up to it was rewritten")
         if public is not None and point.key_id != cp.key_id(public):
             return Check(name, False, f"checkpoint at seq {point.seq} was signed by another key "
@@ -259,7 +279,7 @@ def verify_rows(
     transfers: Sequence[TransferRow],
     entries: Sequence[ChainedEntry],
     accounts: Sequence[AccountState],
-    head: Head | None,
+    head: Sequence[Head] | Head | None,
     checkpoints: Sequence[Checkpoint] = (),
     public: Ed25519PublicKey | None = None,
     holds: Sequence[HoldRow] = (),
@@ -289,6 +309,7 @@ def _entry(row: asyncpg.Record) -> ChainedEntry:
         seq=row["seq"],
         prev_hash=None if row["prev_hash"] is None else bytes(row["prev_hash"]),
         hash=None if row["hash"] is None else bytes(row["hash"]),
+        chain=row["chain"],
     )
 
 
@@ -326,19 +347,19 @@ async def verify_connection(
         )]
         entries = [_entry(r) for r in await conn.fetch(
             "SELECT id, transfer_id, account_id, direction, amount, currency, created_at, "
-            f"seq, prev_hash, hash FROM {q}.entries"
+            f"seq, prev_hash, hash, chain FROM {q}.entries"
         )]
         accounts = [_account(r) for r in await conn.fetch(
             "SELECT id, tenant_id, currency, normal_balance, allow_overdraft, lower_limit, "
             f"debits_posted, credits_posted, debits_pending, credits_pending FROM {q}.accounts"
         )]
-        head_row = await conn.fetchrow(f"SELECT seq, hash FROM {q}.chain_head")
+        heads = [Head(r["seq"], bytes(r["hash"]), r["chain"])
+                 for r in await conn.fetch(f"SELECT chain, seq, hash FROM {q}.chain_head")]
         points = [
-            Checkpoint(r["seq"], bytes(r["hash"]), r["key_id"], bytes(r["signature"]))
-            for r in await conn.fetch(f"SELECT seq, hash, key_id, signature FROM {q}.checkpoints")
+            Checkpoint(r["seq"], bytes(r["hash"]), r["key_id"], bytes(r["signature"]), r["chain"])
+            for r in await conn.fetch(f"SELECT chain, seq, hash, key_id, signature FROM {q}.checkpoints")
         ]
-    head = None if head_row is None else Head(head_row["seq"], bytes(head_row["hash"]))
-    report = verify_rows(transfers, entries, accounts, head, points,
+    report = verify_rows(transfers, entries, accounts, heads, points,
                          key.public_key() if key else None, holds)
     if key is not None and sign:
         report.checks.append(
@@ -362,17 +383,25 @@ async def _sign_due(
 ) -> Check:
     """Sign the checkpoints due over the verified snapshot (later entries wait for the next run)."""
     name = "checkpoints signed"
-    hashes = {e.seq: e.hash for e in entries if e.seq is not None and e.hash is not None}
-    seqs = cp.due(max(hashes, default=0), {p.seq for p in points}, every)
-    if not seqs:
+    hashes = {(e.chain, e.seq): e.hash for e in entries if e.seq is not None and e.hash is not None}
+    due: list[tuple[int, int]] = []
+    for chain in sorted({c for c, _ in hashes}):
+        last = max(seq for c, seq in hashes if c == chain)
+        signed = {p.seq for p in points if p.chain == chain}
+        due += [(chain, seq) for seq in cp.due(last, signed, every)]
+    if not due:
         return Check(name, True, "none due")
     kid = cp.key_id(key.public_key())
     await conn.execute(
-        f"INSERT INTO {_quoted(schema)}.checkpoints (seq, hash, key_id, signature) "
-        "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bytea[]) ON CONFLICT DO NOTHING",
-        seqs, [hashes[s] for s in seqs], [kid] * len(seqs), [cp.sign(key, s, hashes[s]) for s in seqs],
+        f"INSERT INTO {_quoted(schema)}.checkpoints (chain, seq, hash, key_id, signature) "
+        "SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[], $4::text[], $5::bytea[]) "
+        "ON CONFLICT DO NOTHING",
+        [c for c, _ in due], [s for _, s in due], [hashes[d] for d in due], [kid] * len(due),
+        [cp.sign(key, s, hashes[(c, s)]) for c, s in due],
     )
-    return Check(name, True, f"{len(seqs)} new, last at seq {seqs[-1]} ({kid})")
+    last_chain, last_seq = due[-1]
+    where = "" if last_chain == 0 else f" of chain {last_chain}"
+    return Check(name, True, f"{len(due)} new, last at seq {last_seq}{where} ({kid})")
 
 
 async def verify_database(
