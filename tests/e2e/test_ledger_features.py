@@ -193,7 +193,7 @@ async def test_a_refund_the_payee_can_no_longer_cover_fails_and_moves_nothing(
 
 @pytest.mark.parametrize(("target", "rate", "amount", "received"), [
     ("EUR", "0.9215", 10_000, 9_215),
-    ("JPY", "150.5", 12_345, 18_579),   # 123.45 USD × 150.5 = 18,579.225 JPY, to even
+    ("JPY", "150.5", 12_345, 18_579),   # 123.45 USD times 150.5 = 18,579.225 JPY, to even
     ("EUR", "0.5", 3, 2),               # 1.5 cents rounds half to even: 2
 ])
 async def test_a_payment_across_currencies_books_four_legs_at_the_given_rate(
@@ -257,7 +257,7 @@ async def test_a_transfer_with_many_legs_posts_atomically_and_its_ref_makes_it_i
 
     replay = await _transfer(client, legs, ref="order-42")
     assert replay.status_code == 200 and replay.json()["id"] == transfer["id"]
-    await _problem(await _transfer(client, legs[:1] + [(shop, "credit", 1_000)], ref="order-42"),
+    await _problem(await _transfer(client, [*legs[:1], (shop, "credit", 1_000)], ref="order-42"),
                    409, "external_ref_conflict")
     assert [(await _balance(client, a))["posted"] for a in (payer, shop, fees)] == [0, 970, 30]
     fetched = await client.call("GET", f"/v1/transfers/{transfer['id']}")
