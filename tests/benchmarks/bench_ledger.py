@@ -153,7 +153,7 @@ async def counts(conn: asyncpg.Connection) -> dict[str, int]:
         "SELECT (SELECT count(*) FROM transfers) AS transfers, (SELECT count(*) FROM entries) AS entries, "
         "(SELECT count(*) FROM rejections) AS rejections, (SELECT count(*) FROM inbox) AS inbox, "
         "(SELECT count(*) FROM outbox) AS outbox, "
-        "(SELECT sum(debits_posted) - sum(credits_posted) FROM accounts) AS imbalance"
+        "(SELECT sum(debits_posted) - sum(credits_posted) FROM account_totals) AS imbalance"
     )
     assert row is not None
     return dict(row)
@@ -229,7 +229,7 @@ async def bench_on(url: str, args: argparse.Namespace) -> dict[str, Any]:
         await drive(consumer, deposits, args.batch, 1)
         async with pool.acquire() as conn:
             funded = await conn.fetchval(
-                "SELECT count(*) FROM accounts WHERE kind = 'wallet' AND credits_posted = $1", args.funding)
+                "SELECT count(*) FROM account_totals WHERE kind = 'wallet' AND credits_posted = $1", args.funding)
             if funded != args.accounts:
                 raise SystemExit(f"funding failed: {funded} of {args.accounts} wallets funded")
             await conn.execute("DELETE FROM outbox")

@@ -81,7 +81,7 @@ class World:
         async with self.db.acquire() as conn:
             totals = await conn.fetch(
                 "SELECT id, debits_posted, credits_posted, debits_pending, credits_pending "
-                "FROM ledger.accounts WHERE id = ANY($1::text[]) ORDER BY id",
+                "FROM ledger.account_totals WHERE id = ANY($1::text[]) ORDER BY id",
                 self.accounts,
             )
             entries = await conn.fetchval(

@@ -219,7 +219,7 @@ async def test_migration_002_chains_existing_rows_the_way_the_store_does(
         monkeypatch.setattr(migrations, "migrations_for", full)
         applied = await migrations.migrate(conn, service="ledger", schema=schema, password="pw-one")
     assert applied == ["ledger/002_chain", "ledger/003_checkpoints", "ledger/004_holds",
-                       "ledger/005_chains"]
+                       "ledger/005_chains", "ledger/006_balance_deltas"]
 
     async with admin_pool.acquire() as conn:
         chained = await conn.fetch(f'SELECT transfer_id, seq FROM "{schema}".entries ORDER BY seq')

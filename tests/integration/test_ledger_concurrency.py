@@ -86,7 +86,7 @@ async def test_hot_accounts_under_concurrent_posters_lose_nothing_and_never_dead
     await asyncio.gather(*(poster(n) for n in range(POSTERS)))
 
     rows = await db.pool.fetch(
-        "SELECT id, credits_posted - debits_posted AS posted, debits_pending FROM accounts "
+        "SELECT id, credits_posted - debits_posted AS posted, debits_pending FROM account_totals "
         "WHERE id = ANY($1::text[])", hot,
     )
     balances = {r["id"]: r["posted"] for r in rows}
@@ -118,3 +118,27 @@ async def test_unrelated_postings_spread_over_the_hash_chains_instead_of_queuein
         report = await verify_connection(conn, db.schema)
     assert report.ok, str(report)
     assert f"in {chains} of 16 chains" in report.checks[0].detail
+
+
+async def test_paying_into_an_account_does_not_wait_for_its_row_lock(make_schema: Any) -> None:
+    """A credit to a wallet cannot break its limit, so it takes no lock on the wallet's row:
+    while another transaction holds the merchant's row (say, a long debit), payments into it
+    still post at once, and the merchant's balance counts them."""
+    db = await make_schema("ledger", max_size=6)
+    service = TransferService(db.pool, LedgerStore())
+    async with db.pool.acquire() as conn:
+        (bank,) = await _wallets(conn, 1, overdraft=True)
+        (merchant,) = await _wallets(conn, 1)
+    async with db.pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", merchant)
+        for n in range(3):
+            await asyncio.wait_for(service.create(TENANT, _body(f"in-{n}", bank, merchant, 100)), 5)
+        # The merchant paying out would need the lock: it waits until the blocker ends.
+        payout = asyncio.create_task(service.create(TENANT, _body("out", merchant, bank, 250)))
+        await asyncio.sleep(0.3)
+        assert not payout.done()
+    await asyncio.wait_for(payout, 5)
+    totals = await db.pool.fetchrow(
+        "SELECT credits_posted - debits_posted AS posted FROM account_totals WHERE id = $1", merchant
+    )
+    assert totals["posted"] == 50

@@ -1,5 +1,6 @@
 """Hypothesis drives the real ledger store on PostgreSQL through random sequences of
-transfers (two legs and many), holds, partial posts, voids, expiries, refunds and exchanges.
+transfers (two legs and many), holds, partial posts, voids, expiries, refunds, exchanges and
+the folding of balance deltas into account rows.
 
 A plain model written apart from the ledger's domain says what each step must do (post or
 refuse) and what every balance must then be. After every step: the store agreed with the
@@ -304,6 +305,14 @@ class LedgerMachine(RuleBasedStateMachine):
             if hold.expires_at <= self.clock:
                 self._release(hold)
 
+    @rule()
+    def fold_deltas(self) -> None:
+        """The ledger's folder moves balance deltas into the rows: no total changes."""
+        async def fold() -> None:
+            async with self.world.conn.transaction():
+                await self.world.store.fold_deltas(self.world.conn, 10_000)
+        self.world.run(fold)
+
     def _open_holds(self) -> list[ModelHold]:
         # Every hold ever made, not the bundle: a rule may consume a hold it failed to close.
         return [h for h in self.made_holds if h.open and h.id]
@@ -341,8 +350,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 "SELECT a.id, a.normal_balance, a.debits_posted, a.credits_posted, a.debits_pending, "
                 "a.credits_pending, coalesce(sum(e.amount) FILTER (WHERE e.direction = 'debit'), 0) AS d, "
                 "coalesce(sum(e.amount) FILTER (WHERE e.direction = 'credit'), 0) AS c "
-                "FROM accounts a LEFT JOIN entries e ON e.account_id = a.id "
-                "WHERE a.id = ANY($1::text[]) GROUP BY a.id",
+                "FROM account_totals a LEFT JOIN entries e ON e.account_id = a.id "
+                "WHERE a.id = ANY($1::text[]) GROUP BY a.id, a.normal_balance, a.debits_posted, "
+                "a.credits_posted, a.debits_pending, a.credits_pending",
                 list(self.accounts),
             )
         for row in self.world.run(read):

@@ -125,7 +125,7 @@ async def _posted_balance(conn: asyncpg.Connection, account_id: str) -> int:
     row = await conn.fetchrow(
         "SELECT id, tenant_id, currency, allow_overdraft, lower_limit, owner_user_id, metadata, normal_balance, "
         "debits_posted, credits_posted, debits_pending, credits_pending, created_at "
-        "FROM accounts WHERE id = $1",
+        "FROM account_totals WHERE id = $1",
         account_id,
     )
     return int(account_view(row)["balance"]["posted"])
@@ -188,7 +188,7 @@ async def test_ledger_posting_moves_balances_and_every_transfer_sums_to_zero(led
         assert sorted((r["legs"], r["net"]) for r in per_transfer) == [(2, 0), (2, 0)]
         # The running totals on each account are exactly the sum of its entries.
         mismatched = await conn.fetchval(
-            "SELECT count(*) FROM accounts a WHERE debits_posted <> "
+            "SELECT count(*) FROM account_totals a WHERE debits_posted <> "
             "(SELECT coalesce(sum(amount), 0) FROM entries e WHERE e.account_id = a.id "
             " AND direction = 'debit') OR credits_posted <> "
             "(SELECT coalesce(sum(amount), 0) FROM entries e WHERE e.account_id = a.id "

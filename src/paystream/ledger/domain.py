@@ -55,6 +55,11 @@ class AccountState:
     debits_pending: int = 0
     credits_pending: int = 0
     lower_limit: int | None = None
+    # How the store loaded it: ``baseline`` holds the totals as read when the row was read
+    # without a lock (its changes are then written as deltas); ``folded`` when deltas were
+    # folded into it, so it must be written back even if nothing else changed it.
+    baseline: tuple[int, int, int, int] | None = None
+    folded: bool = False
 
     @property
     def floor(self) -> int | None:

@@ -34,6 +34,7 @@ from paystream.contracts.events import (
 )
 from paystream.ledger.domain import (
     Book,
+    Direction,
     HoldAction,
     HoldState,
     Posted,
@@ -109,7 +110,8 @@ class LedgerHandlers:
             return
         context = await self._load(conn, signals)
         holds = await self._store.lock_holds(conn, context.holds.values())
-        accounts = await self._store.lock_accounts(conn, self._accounts_touched(signals, context, holds))
+        moves = self._moves(signals, context, holds)
+        accounts = await self._store.lock_accounts(conn, {a for a, _ in moves}, moves)
         refundable = await self._store.refundable(conn, [o.transfer_id for o in context.originals.values()])
         book = Book(accounts, holds, refundable)
         events: list[Envelope] = []
@@ -140,19 +142,36 @@ class LedgerHandlers:
         )
 
     @staticmethod
-    def _accounts_touched(
+    def _moves(
         signals: list[_Signal], context: _Context, holds: dict[str, HoldState]
-    ) -> set[str]:
-        ids: set[str] = set()
+    ) -> list[tuple[str, Direction]]:
+        """Every (account, direction) the batch may move: what decides which rows to lock.
+
+        A hold's accounts are given both directions (always locked): closing a hold moves
+        pending and posted totals together.
+        """
+        moves: list[tuple[str, Direction]] = []
         for s in signals:
-            ids.update(a for a in (s.order.source_account_id, s.order.destination_account_id) if a)
-        ids.update(context.settlement.values())
-        ids.update(context.exchange.values())
-        for original in context.originals.values():
-            ids.update((original.debit_account_id, original.credit_account_id))
+            order = s.order
+            if order.source_account_id:
+                moves.append((order.source_account_id, "debit"))
+            if order.destination_account_id:
+                moves.append((order.destination_account_id, "credit"))
+            if order.kind == "deposit":
+                settlement = context.settlement.get((order.tenant_id, order.currency))
+                if settlement:
+                    moves.append((settlement, "debit"))
+            if order.destination_currency:
+                for currency, direction in ((order.currency, "credit"), (order.destination_currency, "debit")):
+                    exchange = context.exchange.get((order.tenant_id, currency))
+                    if exchange:
+                        moves.append((exchange, direction))  # type: ignore[arg-type]
+        for original in context.originals.values():  # a refund reverses the original's legs
+            moves += [(original.credit_account_id, "debit"), (original.debit_account_id, "credit")]
         for hold in holds.values():
-            ids.update((hold.debit_account_id, hold.credit_account_id))
-        return ids
+            for account in (hold.debit_account_id, hold.credit_account_id):
+                moves += [(account, "debit"), (account, "credit")]
+        return moves
 
     def _decide(self, book: Book, context: _Context, signal: _Signal) -> Posted | Rejected | None:
         """Apply one signal to the book; the outcome to announce, or None when nothing is due."""
@@ -292,6 +311,36 @@ class LedgerHandlers:
         return make_envelope(event, partition_key=order.account_key,
                              correlation_id=signal.envelope.correlation_id,
                              causation_id=signal.envelope.id)
+
+
+class DeltaFolder:
+    """Folds balance deltas (migration 006) into their accounts' rows in the background, so an
+    account that is only ever paid into does not collect deltas without end."""
+
+    def __init__(self, pool: asyncpg.Pool, store: LedgerStore, *, interval: float = 2.0,
+                 batch: int = 500) -> None:
+        self._pool = pool
+        self._store = store
+        self._interval = interval
+        self._batch = batch
+
+    async def fold_once(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await self._store.fold_deltas(conn, self._batch)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                folded = await self.fold_once()
+            except Exception as exc:
+                log.warning("delta_fold_failed", error=repr(exc))
+                folded = 0
+            if folded >= self._batch:
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=self._interval)
+            except TimeoutError:
+                pass
 
 
 class HoldSweeper:

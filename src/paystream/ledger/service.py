@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from paystream.ledger.api import install_routes
-from paystream.ledger.handlers import HoldSweeper, LedgerHandlers
+from paystream.ledger.handlers import DeltaFolder, HoldSweeper, LedgerHandlers
 from paystream.ledger.store import LedgerStore
 from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
 
@@ -25,5 +25,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         install_routes(app, ctx.db, store, auth)
 
     return ServiceParts(
-        install=install, handlers={"ledger": handlers.on_fraud_events}, workers=[sweeper.run]
+        install=install,
+        handlers={"ledger": handlers.on_fraud_events},
+        workers=[sweeper.run, DeltaFolder(ctx.db, store).run],
     )

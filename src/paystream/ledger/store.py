@@ -21,6 +21,7 @@ from paystream.ledger.chain import EntryFields, extend
 from paystream.ledger.domain import (
     AccountState,
     BatchResult,
+    Direction,
     HoldState,
     NormalBalance,
     Posted,
@@ -133,7 +134,8 @@ class LedgerStore:
         )
         if row is None:
             row = await conn.fetchrow(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE tenant_id = $1 AND create_key = $2",
+                f"SELECT {_ACCOUNT_COLUMNS} FROM account_totals WHERE id = (SELECT id FROM accounts "
+                f"WHERE tenant_id = $1 AND create_key = $2)",
                 tenant_id, create_key,
             )
         assert row is not None
@@ -165,7 +167,7 @@ class LedgerStore:
         self, conn: asyncpg.Connection, tenant_id: str, account_id: str
     ) -> asyncpg.Record | None:
         return await conn.fetchrow(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1 AND tenant_id = $2 "
+            f"SELECT {_ACCOUNT_COLUMNS} FROM account_totals WHERE id = $1 AND tenant_id = $2 "
             "AND kind = 'wallet'",
             account_id, tenant_id,
         )
@@ -267,28 +269,80 @@ class LedgerStore:
         return decided, held
 
     async def lock_accounts(
-        self, conn: asyncpg.Connection, account_ids: Iterable[str]
+        self,
+        conn: asyncpg.Connection,
+        account_ids: Iterable[str],
+        moves: Iterable[tuple[str, Direction]] | None = None,
+        *,
+        tenant_id: str | None = None,
     ) -> dict[str, AccountState]:
-        """Lock the accounts in id order (no deadlocks) and load their running totals."""
+        """Load the accounts a batch touches, locking those that need a check, in id order.
+
+        ``moves`` are the (account, direction) legs the batch may make. An account that only
+        moves on its normal side (credits to a wallet, debits to a settlement account) cannot
+        pass its lower limit, so it is read without a lock and its changes are written as
+        balance deltas (migration 006): many payers can pay one merchant at once. Every other
+        account (all of them when ``moves`` is None) is locked ``FOR NO KEY UPDATE`` in id
+        order, so concurrent batches cannot deadlock, and its deltas are folded into it.
+        With ``tenant_id``, only that tenant's wallets are loaded (the public API's view).
+        """
+        ids = sorted(set(account_ids))
+        against: list[str] = []
+        along: list[str] = []
+        for account_id, direction in moves or ():
+            (along if direction == "credit" else against).append(account_id)
+        everything = moves is None
         rows = await conn.fetch(
-            "SELECT id, tenant_id, currency, kind, normal_balance, allow_overdraft, lower_limit, "
-            "debits_posted, credits_posted, debits_pending, credits_pending "
-            "FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-            sorted(set(account_ids)),
+            "WITH wanted AS (SELECT a.id, (a.normal_balance = 'credit' AND a.id = ANY($2::text[])) "
+            "OR (a.normal_balance = 'debit' AND a.id = ANY($3::text[])) OR $4 AS must_lock "
+            "FROM accounts a WHERE a.id = ANY($1::text[]) "
+            "AND ($5::text IS NULL OR (a.tenant_id = $5 AND a.kind = 'wallet'))), "
+            "locked AS (SELECT a.* FROM accounts a WHERE a.id IN (SELECT id FROM wanted WHERE must_lock) "
+            "ORDER BY a.id FOR NO KEY UPDATE), "
+            "folded AS (DELETE FROM balance_deltas d WHERE d.account_id IN (SELECT id FROM locked) "
+            "RETURNING d.account_id, d.debits_posted, d.credits_posted, d.debits_pending, d.credits_pending), "
+            "sums AS (SELECT account_id, sum(debits_posted) AS dp, sum(credits_posted) AS cp, "
+            "sum(debits_pending) AS dq, sum(credits_pending) AS cq, count(*) AS n FROM folded "
+            "GROUP BY account_id) "
+            "SELECT l.id, l.tenant_id, l.currency, l.kind, l.normal_balance, l.allow_overdraft, "
+            "l.lower_limit, l.debits_posted + coalesce(s.dp, 0) AS debits_posted, "
+            "l.credits_posted + coalesce(s.cp, 0) AS credits_posted, "
+            "l.debits_pending + coalesce(s.dq, 0) AS debits_pending, "
+            "l.credits_pending + coalesce(s.cq, 0) AS credits_pending, true AS locked, "
+            "coalesce(s.n, 0) > 0 AS folded FROM locked l LEFT JOIN sums s ON s.account_id = l.id "
+            "UNION ALL "
+            "SELECT a.id, a.tenant_id, a.currency, a.kind, a.normal_balance, a.allow_overdraft, "
+            "a.lower_limit, a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending, "
+            "false, false FROM accounts a WHERE a.id IN (SELECT id FROM wanted WHERE NOT must_lock)",
+            ids, sorted(set(against)) if not everything else [],
+            sorted(set(along)) if not everything else [], everything, tenant_id,
         )
-        return {row["id"]: _state(row) for row in rows}
+        accounts = {}
+        for row in rows:
+            state = _state(row)
+            if not row["locked"]:
+                state.baseline = (state.debits_posted, state.credits_posted,
+                                  state.debits_pending, state.credits_pending)
+            state.folded = row["folded"]
+            accounts[row["id"]] = state
+        return accounts
 
     async def wallets_for(
-        self, conn: asyncpg.Connection, tenant_id: str, account_ids: Iterable[str]
+        self, conn: asyncpg.Connection, tenant_id: str, legs: Iterable[tuple[str, Direction]]
     ) -> dict[str, AccountState]:
-        """Lock the tenant's wallets among ``account_ids`` (as `lock_accounts`); others are left out."""
-        rows = await conn.fetch(
-            "SELECT id, tenant_id, currency, kind, normal_balance, allow_overdraft, lower_limit, "
-            "debits_posted, credits_posted, debits_pending, credits_pending FROM accounts "
-            "WHERE id = ANY($1::text[]) AND tenant_id = $2 AND kind = 'wallet' ORDER BY id FOR UPDATE",
-            sorted(set(account_ids)), tenant_id,
-        )
-        return {row["id"]: _state(row) for row in rows}
+        """`lock_accounts` for the public API: the tenant's wallets among the legs' accounts."""
+        legs = list(legs)
+        return await self.lock_accounts(conn, {a for a, _ in legs}, legs, tenant_id=tenant_id)
+
+    async def fold_deltas(self, conn: asyncpg.Connection, limit: int) -> int:
+        """Fold the balance deltas of up to ``limit`` accounts into their rows; how many."""
+        ids = [r["account_id"] for r in await conn.fetch(
+            "SELECT DISTINCT account_id FROM balance_deltas LIMIT $1", limit)]
+        if not ids:
+            return 0
+        accounts = await self.lock_accounts(conn, ids)
+        await self._write_totals(conn, [a for a in accounts.values() if a.folded], [])
+        return len(ids)
 
     async def write_batch(
         self,
@@ -304,19 +358,10 @@ class LedgerStore:
         ``record_rejections`` remembers each refused transfer's external ref, so a replayed
         order is refused again (the pipeline's choice); the public API leaves nothing behind.
         """
-        touched = sorted(result.touched)
-        if touched:
-            await conn.execute(
-                "UPDATE accounts a SET debits_posted = v.dp, credits_posted = v.cp, "
-                "debits_pending = v.dq, credits_pending = v.cq "
-                "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
-                "AS v(id, dp, cp, dq, cq) WHERE a.id = v.id",
-                touched,
-                [accounts[i].debits_posted for i in touched],
-                [accounts[i].credits_posted for i in touched],
-                [accounts[i].debits_pending for i in touched],
-                [accounts[i].credits_pending for i in touched],
-            )
+        rows = [a for a in accounts.values()
+                if a.baseline is None and (a.id in result.touched or a.folded)]
+        buffered = [accounts[i] for i in sorted(result.touched) if accounts[i].baseline is not None]
+        await self._write_totals(conn, rows, buffered)
         written = [o.request for o in result.outcomes if isinstance(o, Posted)]
         if written:
             await conn.execute(
@@ -363,6 +408,41 @@ class LedgerStore:
                 [o.request.external_ref for o in rejected],
                 [o.code for o in rejected],
             )
+
+    @staticmethod
+    async def _write_totals(
+        conn: asyncpg.Connection, rows: list[AccountState], buffered: list[AccountState]
+    ) -> None:
+        """One statement: absolute totals for the locked accounts (their deltas were folded
+        into them), and what the batch moved on the accounts read without a lock, appended
+        as deltas."""
+        rows = sorted(rows, key=lambda a: a.id)
+        deltas = []
+        for a in buffered:
+            assert a.baseline is not None
+            dp, cp, dq, cq = a.baseline
+            change = (a.debits_posted - dp, a.credits_posted - cp,
+                      a.debits_pending - dq, a.credits_pending - cq)
+            if any(change):
+                deltas.append((a.id, *change))
+        if not rows and not deltas:
+            return
+        columns: list[list[Any]] = [list(c) for c in zip(*deltas, strict=True)] or [[], [], [], [], []]
+        await conn.execute(
+            "WITH u AS (UPDATE accounts a SET debits_posted = v.dp, credits_posted = v.cp, "
+            "debits_pending = v.dq, credits_pending = v.cq "
+            "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
+            "AS v(id, dp, cp, dq, cq) WHERE a.id = v.id) "
+            "INSERT INTO balance_deltas (account_id, debits_posted, credits_posted, debits_pending, "
+            "credits_pending) SELECT * FROM unnest($6::text[], $7::bigint[], $8::bigint[], "
+            "$9::bigint[], $10::bigint[])",
+            [a.id for a in rows],
+            [a.debits_posted for a in rows],
+            [a.credits_posted for a in rows],
+            [a.debits_pending for a in rows],
+            [a.credits_pending for a in rows],
+            *columns,
+        )
 
     async def _open_holds(
         self, conn: asyncpg.Connection, pending: list[TransferRequest], now: datetime

@@ -113,7 +113,9 @@ class TransferService:
             existing = await self._store.transfer_by_ref(conn, tenant_id, request.external_ref)
             if existing is not None:
                 return await self._replay(conn, tenant_id, existing, request), False
-            accounts = await self._store.wallets_for(conn, tenant_id, {leg.account_id for leg in request.legs})
+            accounts = await self._store.wallets_for(
+                conn, tenant_id, [(leg.account_id, leg.direction) for leg in request.legs]
+            )
             book = Book(accounts)
             outcome = book.transfer(request)
             if isinstance(outcome, Rejected):

@@ -351,7 +351,7 @@ async def verify_connection(
         )]
         accounts = [_account(r) for r in await conn.fetch(
             "SELECT id, tenant_id, currency, normal_balance, allow_overdraft, lower_limit, "
-            f"debits_posted, credits_posted, debits_pending, credits_pending FROM {q}.accounts"
+            f"debits_posted, credits_posted, debits_pending, credits_pending FROM {q}.account_totals"
         )]
         heads = [Head(r["seq"], bytes(r["hash"]), r["chain"])
                  for r in await conn.fetch(f"SELECT chain, seq, hash FROM {q}.chain_head")]

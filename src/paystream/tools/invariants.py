@@ -82,7 +82,7 @@ async def _ledger_checks(conn: asyncpg.Connection, report: InvariantReport) -> N
                f"{transfers} transfers, each balanced", f"{unbalanced} transfers do not balance")
     mismatched = await conn.fetchval(
         """
-        SELECT count(*) FROM ledger.accounts a
+        SELECT count(*) FROM ledger.account_totals a
         LEFT JOIN (
             SELECT account_id,
                    sum(amount) FILTER (WHERE direction = 'debit') AS debits,
@@ -92,13 +92,13 @@ async def _ledger_checks(conn: asyncpg.Connection, report: InvariantReport) -> N
         WHERE a.debits_posted <> coalesce(s.debits, 0) OR a.credits_posted <> coalesce(s.credits, 0)
         """
     )
-    accounts = await conn.fetchval("SELECT count(*) FROM ledger.accounts")
+    accounts = await conn.fetchval("SELECT count(*) FROM ledger.account_totals")
     report.add("balances equal their entries", mismatched,
                f"{accounts} accounts match their entries", f"{mismatched} accounts differ from their entries")
     rows = await conn.fetch(
         "SELECT currency, sum(credits_posted - debits_posted) AS net, "
         "sum(credits_pending - debits_pending) AS held, "
-        "sum(credits_posted) AS moved FROM ledger.accounts GROUP BY currency ORDER BY currency"
+        "sum(credits_posted) AS moved FROM ledger.account_totals GROUP BY currency ORDER BY currency"
     )
     off = [r for r in rows if r["net"] != 0 or r["held"] != 0]
     report.add("total balance conserved", len(off),
@@ -106,7 +106,7 @@ async def _ledger_checks(conn: asyncpg.Connection, report: InvariantReport) -> N
                ", ".join(f"{r['currency']} nets to {r['net']} posted, {r['held']} pending" for r in off))
     overdrawn = await conn.fetchval(
         """
-        SELECT count(*) FROM ledger.accounts WHERE coalesce(lower_limit, 0) > 0 OR (
+        SELECT count(*) FROM ledger.account_totals WHERE coalesce(lower_limit, 0) > 0 OR (
             (NOT allow_overdraft OR lower_limit IS NOT NULL) AND (
             (normal_balance = 'credit' AND credits_posted - debits_posted - debits_pending
                 < coalesce(lower_limit, 0))
