@@ -209,6 +209,47 @@ async def test_a_payment_across_currencies_books_four_legs_at_the_given_rate(
     assert (await _balance(client, payee))["posted"] == received
 
 
+async def test_refunds_of_an_exchange_reverse_both_sides_at_the_original_rate_exactly(
+    stack: UpProcess, client: PaystreamClient
+) -> None:
+    payer = await _funded(client, 10_000)
+    payee = (await client.create_account("EUR"))["id"]
+    paid = await client.pay(payer, payee, 10_000, exchange_rate="0.9215")
+    await _status(client, paid["id"], "succeeded")
+    assert (await _balance(client, payee))["posted"] == 9_215
+
+    first = (await _refund(client, paid["id"], 3_333)).json()
+    await _status(client, first["id"], "succeeded")
+    # 9,215 x 3,333 / 10,000 = 3,071.36 euro cents leave the payee; 33.33 dollars come back.
+    assert (await _balance(client, payee))["posted"] == 9_215 - 3_071
+    assert (await _balance(client, payer))["posted"] == 3_333
+    rest = (await _refund(client, paid["id"])).json()
+    assert rest["amount"] == 6_667
+    await _status(client, rest["id"], "succeeded")
+    assert (await _balance(client, payee))["posted"] == 0  # the shares add up exactly
+    assert (await _balance(client, payer))["posted"] == 10_000
+    assert (await client.get_payment(paid["id"]))["amount_refunded"] == 10_000
+
+
+async def test_an_exchange_held_for_review_posts_both_sides_on_approval_and_refunds_in_full(
+    stack: UpProcess, client: PaystreamClient
+) -> None:
+    payer = await _funded(client, REVIEW_AMOUNT)
+    payee = (await client.create_account("JPY"))["id"]
+    held = await client.pay(payer, payee, REVIEW_AMOUNT, exchange_rate="150.5")
+    await _status(client, held["id"], "requires_review")
+    assert await _balance(client, payer) == {"posted": REVIEW_AMOUNT, "pending": REVIEW_AMOUNT,
+                                             "available": 0}
+    await client.decide_review(await _review_of(client, held["id"]), approve=True)
+    await _status(client, held["id"], "succeeded")
+    assert (await _balance(client, payee))["posted"] == 301_000  # 2,000.00 USD at 150.5
+    refund = (await _refund(client, held["id"])).json()
+    await _status(client, refund["id"], "succeeded")
+    assert (await _balance(client, payee))["posted"] == 0
+    assert await _balance(client, payer) == {"posted": REVIEW_AMOUNT, "pending": 0,
+                                             "available": REVIEW_AMOUNT}
+
+
 async def test_mixed_currencies_need_a_rate_and_a_rate_needs_mixed_currencies(
     stack: UpProcess, client: PaystreamClient
 ) -> None:

@@ -22,6 +22,7 @@ from paystream.ledger.domain import (
     check_balanced,
     exchange_legs,
     post_batch,
+    refund_legs,
     simple_transfer,
 )
 
@@ -476,3 +477,25 @@ def test_legs_in_two_currencies_must_balance_in_each() -> None:
     request = TransferRequest("trf_m", TENANT, "pay_m", "transfer", "USD",
                               (Leg("usd", "debit", 100), Leg("eur", "credit", 100, "EUR")))
     assert _code(_only(book, request)) == "unbalanced_transfer"
+
+
+def test_refund_shares_of_an_exchange_add_up_exactly_whatever_the_partial_refunds() -> None:
+    legs = exchange_legs(source="usd", source_amount=10_000, source_currency="USD", source_exchange="ex_usd",
+                         destination="eur", destination_amount=9_215, destination_currency="EUR",
+                         destination_exchange="ex_eur")
+    refunded, back = 0, {"USD": 0, "EUR": 0}
+    for part in (1, 3_332, 2, 4_999, 1_666):
+        reversed_legs = refund_legs(legs, "USD", 10_000, refunded, part)
+        assert check_balanced(reversed_legs)
+        assert {leg.account_id for leg in reversed_legs if leg.direction == "debit"} <= {"eur", "ex_usd"}
+        for leg in reversed_legs:
+            if leg.account_id in ("usd", "eur"):
+                back[leg.currency or "USD"] += leg.amount
+        refunded += part
+    assert refunded == 10_000 and back == {"USD": 10_000, "EUR": 9_215}
+
+
+def test_a_two_leg_refund_reverses_exactly_the_amount_asked() -> None:
+    legs = (Leg("alice", "debit", 500), Leg("bob", "credit", 500))
+    assert refund_legs(legs, "USD", 500, 200, 123) == (
+        Leg("alice", "credit", 123, "USD"), Leg("bob", "debit", 123, "USD"))

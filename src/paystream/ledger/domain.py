@@ -258,6 +258,29 @@ def exchange_legs(
     )
 
 
+def refund_legs(legs: Iterable[Leg], currency: str, total: int, before: int, amount: int) -> tuple[Leg, ...]:
+    """The legs that refund ``amount`` more of a payment that posted ``legs`` for ``total``
+    (in ``currency``), after ``before`` was already refunded.
+
+    Each leg is reversed by its share of the refund. Shares are cumulative, rounded half to
+    even: a leg of n gets round(n * (before + amount) / total) - round(n * before / total), so
+    partial refunds always add up to exactly n when the payment is fully refunded, whatever
+    the rounding on the way. Legs of equal amount get equal shares, so each currency still
+    sums to zero; for a plain two-leg payment every share is just ``amount``.
+    """
+    def share(n: int, part: int) -> int:
+        q, r = divmod(n * part, total)
+        return q + (1 if 2 * r > total or (2 * r == total and q % 2) else 0)
+
+    out = []
+    for leg in legs:
+        moved = share(leg.amount, before + amount) - share(leg.amount, before)
+        if moved > 0:
+            opposite: Direction = "credit" if leg.direction == "debit" else "debit"
+            out.append(Leg(leg.account_id, opposite, moved, leg.currency or currency))
+    return tuple(out)
+
+
 def check_balanced(legs: Iterable[Leg], currency: str | None = None) -> bool:
     """Debits equal credits in every currency, and every leg moves a positive amount."""
     totals: dict[str | None, int] = {}

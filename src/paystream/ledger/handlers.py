@@ -41,6 +41,7 @@ from paystream.ledger.domain import (
     Rejected,
     TransferRequest,
     exchange_legs,
+    refund_legs,
     simple_transfer,
 )
 from paystream.ledger.store import LedgerStore, PostedTransfer
@@ -167,7 +168,8 @@ class LedgerHandlers:
                     if exchange:
                         moves.append((exchange, direction))  # type: ignore[arg-type]
         for original in context.originals.values():  # a refund reverses the original's legs
-            moves += [(original.credit_account_id, "debit"), (original.debit_account_id, "credit")]
+            moves += [(leg.account_id, "credit" if leg.direction == "debit" else "debit")
+                      for leg in original.legs]
         for hold in holds.values():
             for account in (hold.debit_account_id, hold.credit_account_id):
                 moves += [(account, "debit"), (account, "credit")]
@@ -198,7 +200,7 @@ class LedgerHandlers:
                      correlation_id=signal.envelope.correlation_id)
             return None
         context.decided.add(key)
-        request = self._request(context, order)
+        request = self._request(book, context, order)
         if isinstance(request, Rejected):
             return book.refuse(request)
         if signal.verb == "review":
@@ -210,11 +212,11 @@ class LedgerHandlers:
             return outcome
         return book.transfer(request)
 
-    def _request(self, context: _Context, order: PaymentOrder) -> TransferRequest | Rejected:
+    def _request(self, book: Book, context: _Context, order: PaymentOrder) -> TransferRequest | Rejected:
         """The transfer that posts ``order`` in one step."""
         transfer_id = new_id("trf")
         if order.kind == "refund":
-            return self._refund(context, order, transfer_id)
+            return self._refund(book, context, order, transfer_id)
         source = order.source_account_id
         if order.kind == "deposit":
             source = context.settlement.get((order.tenant_id, order.currency), _MISSING)
@@ -241,26 +243,27 @@ class LedgerHandlers:
         )
 
     @staticmethod
-    def _refund(context: _Context, order: PaymentOrder, transfer_id: str) -> TransferRequest | Rejected:
-        """Reversing legs of the refunded payment's posted transfer, for the refund's amount."""
+    def _refund(
+        book: Book, context: _Context, order: PaymentOrder, transfer_id: str
+    ) -> TransferRequest | Rejected:
+        """Reversing legs of the refunded payment's posting, for the refund's share of it."""
         assert order.refund_of is not None
         original = context.originals.get((order.tenant_id, order.refund_of))
-        placeholder = simple_transfer(
-            transfer_id=transfer_id, tenant_id=order.tenant_id, external_ref=order.payment_id,
-            kind="refund", debit_account=_MISSING, credit_account=_MISSING,
-            amount=order.amount, currency=order.currency,
-        )
         if original is None:
-            return Rejected(placeholder, "refund_not_possible",
+            refused = simple_transfer(
+                transfer_id=transfer_id, tenant_id=order.tenant_id, external_ref=order.payment_id,
+                kind="refund", debit_account=_MISSING, credit_account=_MISSING,
+                amount=order.amount, currency=order.currency,
+            )
+            return Rejected(refused, "refund_not_possible",
                             f"payment {order.refund_of} has no posted transfer to refund")
-        if original.legs != 2:
-            return Rejected(placeholder, "refund_not_supported",
-                            "refunds of payments across currencies are not supported yet")
-        return simple_transfer(
-            transfer_id=transfer_id, tenant_id=order.tenant_id, external_ref=order.payment_id,
-            kind="refund", debit_account=original.credit_account_id,
-            credit_account=original.debit_account_id, amount=order.amount,
-            currency=original.currency, refund_of=original.transfer_id,
+        # Built for the whole amount asked, even past what is left: the book then refuses it
+        # (refund_exceeds_payment) rather than refunding less than was asked.
+        before = original.amount - book.refundable.get(original.transfer_id, 0)
+        legs = refund_legs(original.legs, original.currency, original.amount, before, order.amount)
+        return TransferRequest(
+            transfer_id, order.tenant_id, order.payment_id, "refund", original.currency, legs,
+            refund_of=original.transfer_id,
         )
 
     def _as_hold(self, request: TransferRequest, order: PaymentOrder) -> TransferRequest:

@@ -23,6 +23,7 @@ from paystream.ledger.domain import (
     BatchResult,
     Direction,
     HoldState,
+    Leg,
     NormalBalance,
     Posted,
     Rejected,
@@ -90,14 +91,15 @@ def account_view(row: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class PostedTransfer:
-    """A posted transfer a refund can reverse: its two legs and what is left to refund."""
+    """How a payment was posted, for a refund to reverse: the posting transfer (which refunds
+    name in ``refund_of``, counted in its ``currency``) and every leg the payment posted,
+    including the destination side of a held exchange (``<payment>:fx``)."""
 
     transfer_id: str
     external_ref: str
-    debit_account_id: str
-    credit_account_id: str
     currency: str
-    legs: int
+    amount: int
+    legs: tuple[Leg, ...]
 
 
 class LedgerStore:
@@ -509,37 +511,37 @@ class LedgerStore:
     async def posted_transfers_by_ref(
         self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], PostedTransfer]:
-        """The transfer that posted each (tenant, external ref): in one step, or a hold's post."""
+        """How each (tenant, external ref) was posted: in one step, or by a hold's post."""
         refs = list(refs)
         if not refs:
             return {}
         rows = await conn.fetch(
-            "SELECT r.tenant_id, r.ref, t.id, t.currency, "
-            "min(e.account_id) FILTER (WHERE e.direction = 'debit') AS debit_account_id, "
-            "min(e.account_id) FILTER (WHERE e.direction = 'credit') AS credit_account_id, "
-            "count(e.id) AS legs "
+            "SELECT r.tenant_id, r.ref, t.id, t.currency, t.amount, e.account_id, e.direction, "
+            "e.amount AS leg_amount, e.currency AS leg_currency "
             "FROM unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
             "JOIN transfers o ON o.tenant_id = r.tenant_id AND o.external_ref = r.ref "
             "AND o.phase IN ('posted', 'pending') "
             "JOIN transfers t ON (t.id = o.id AND o.phase = 'posted') "
             "  OR (t.pending_id = o.id AND o.phase = 'pending' AND t.phase = 'post_pending') "
-            "JOIN entries e ON e.transfer_id = t.id "
-            "GROUP BY r.tenant_id, r.ref, t.id, t.currency",
+            "JOIN entries e ON e.transfer_id = t.id OR e.transfer_id = (SELECT f.id FROM transfers f "
+            "  WHERE f.tenant_id = r.tenant_id AND f.external_ref = r.ref || ':fx' AND f.phase = 'posted') "
+            "ORDER BY e.id",
             [r[0] for r in refs], [r[1] for r in refs],
         )
-        return {
-            (row["tenant_id"], row["ref"]): PostedTransfer(
-                row["id"], row["ref"], row["debit_account_id"], row["credit_account_id"],
-                row["currency"], row["legs"],
-            )
-            for row in rows
-        }
+        found: dict[tuple[str, str], PostedTransfer] = {}
+        for row in rows:
+            key = (row["tenant_id"], row["ref"])
+            leg = Leg(row["account_id"], row["direction"], row["leg_amount"], row["leg_currency"])
+            known = found.get(key)
+            legs = (known.legs if known else ()) + (leg,)
+            found[key] = PostedTransfer(row["id"], row["ref"], row["currency"], row["amount"], legs)
+        return found
 
     async def refundable(self, conn: asyncpg.Connection, transfer_ids: Iterable[str]) -> dict[str, int]:
         """What is left to refund of each posted transfer: its amount less its refunds so far.
 
-        Read after the accounts are locked: every refund of a transfer locks the same two
-        accounts, so no other refund of it can commit in between.
+        Read after the accounts are locked: every refund of a transfer debits, and so locks,
+        the account the payment credited, so no other refund of it can commit in between.
         """
         transfer_ids = list(set(transfer_ids))
         if not transfer_ids:

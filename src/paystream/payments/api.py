@@ -57,9 +57,6 @@ def refund_amount(original: asyncpg.Record, claimed: int, asked: int | None) -> 
     if original["status"] != "succeeded":
         raise Invalid(f"only a succeeded payment can be refunded; this one is {original['status']}",
                       code="payment_not_refundable")
-    if original["destination_currency"] is not None:
-        raise Invalid("refunds of payments across currencies are not supported yet",
-                      code="refund_not_supported")
     left = original["amount"] - claimed
     if left <= 0:
         raise Invalid("the payment has been refunded in full", code="refund_exceeds_payment")
