@@ -135,7 +135,13 @@ async def test_paying_into_an_account_does_not_wait_for_its_row_lock(make_schema
             await asyncio.wait_for(service.create(TENANT, _body(f"in-{n}", bank, merchant, 100)), 5)
         # The merchant paying out would need the lock: it waits until the blocker ends.
         payout = asyncio.create_task(service.create(TENANT, _body("out", merchant, bank, 250)))
-        await asyncio.sleep(0.3)
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await db.pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%FOR NO KEY UPDATE%'"
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "the payout never waited for the lock"
+            await asyncio.sleep(0.02)
         assert not payout.done()
     await asyncio.wait_for(payout, 5)
     totals = await db.pool.fetchrow(

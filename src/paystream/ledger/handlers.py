@@ -44,7 +44,8 @@ from paystream.ledger.domain import (
     refund_legs,
     simple_transfer,
 )
-from paystream.ledger.store import LedgerStore, PostedTransfer
+from paystream.ledger.lookups import PostedTransfer
+from paystream.ledger.store import LedgerStore
 from paystream.platform.ids import new_id
 from paystream.platform.observability import get_logger
 from paystream.platform.outbox import Outbox
