@@ -17,7 +17,7 @@ measures four scenarios, ``--runs`` times each:
 Every transaction goes through the service's real code: the ledger consumer's
 ``EventConsumer._apply`` (inbox insert of the event ids, in the same transaction) calling
 ``LedgerHandlers.on_fraud_events`` on ``fraud.approved`` envelopes, which does the
-idempotency check on the payment id (``decided_refs``), locks the accounts in id order,
+idempotency check on the payment id (``decisions``), locks the accounts in id order,
 decides each transfer with ``domain.post_batch`` (overdraft checks), writes balances,
 transfers, entries and rejections (``write_batch``) and the ``ledger.posted`` outbox rows.
 Logging is configured as in the service (JSON lines at info), written to /dev/null.

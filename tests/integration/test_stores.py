@@ -219,10 +219,9 @@ async def test_ledger_rejects_an_overdraft_and_remembers_the_rejection(ledger: A
         assert await conn.fetchval("SELECT code FROM rejections WHERE external_ref = 'pay_2'") == (
             "insufficient_funds"
         )
-        assert await LedgerStore().decided_refs(conn, [(TENANT, "pay_1"), (TENANT, "pay_2"),
-                                                       (TENANT, "pay_3")]) == {
-            (TENANT, "pay_1"), (TENANT, "pay_2")
-        }
+        decided, _ = await LedgerStore().decisions(conn, [(TENANT, "pay_1"), (TENANT, "pay_2"),
+                                                          (TENANT, "pay_3")])
+        assert decided == {(TENANT, "pay_1"), (TENANT, "pay_2")}
 
 
 async def test_ledger_lets_an_overdraft_account_go_below_zero(ledger: Any) -> None:

@@ -20,7 +20,7 @@ from paystream.gateway.vault import CardVault
 from paystream.platform.crypto import FileKeyring
 from paystream.platform.internal import InternalClient
 from paystream.platform.observability import get_logger
-from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
+from paystream.platform.runtime import Needs, ServiceContext, ServiceParts, repeat
 
 log = get_logger(__name__)
 
@@ -94,19 +94,16 @@ async def build(ctx: ServiceContext) -> ServiceParts:
 
     async def purge_idempotency_keys(stopping: asyncio.Event) -> None:
         store = IdempotencyStore()
-        while not stopping.is_set():
-            try:
-                cutoff = datetime.now(UTC) - timedelta(hours=settings.idempotency_ttl_hours)
-                async with ctx.db.acquire() as conn:
-                    purged = await store.purge(conn, cutoff)
-                if purged:
-                    log.info("idempotency_keys_purged", count=purged)
-            except Exception as exc:
-                log.warning("idempotency_purge_failed", error=repr(exc))
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=600.0)
-            except TimeoutError:
-                pass
+
+        async def purge() -> int:
+            cutoff = datetime.now(UTC) - timedelta(hours=settings.idempotency_ttl_hours)
+            async with ctx.db.acquire() as conn:
+                purged = await store.purge(conn, cutoff)
+            if purged:
+                log.info("idempotency_keys_purged", count=purged)
+            return 0  # one purge removes everything due: the next is a pause away
+
+        await repeat(stopping, purge, interval=600.0, failed="idempotency_purge_failed")
 
     async def chain_audit(stopping: asyncio.Event) -> None:
         await run_chainer(ctx.db, stopping)

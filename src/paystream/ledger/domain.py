@@ -105,13 +105,6 @@ class AccountState:
         else:
             self.credits_pending += amount
 
-    def copy(self) -> AccountState:
-        return AccountState(
-            self.id, self.tenant_id, self.currency, self.normal_balance, self.allow_overdraft,
-            self.debits_posted, self.credits_posted, self.debits_pending, self.credits_pending,
-            self.lower_limit,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Leg:
@@ -391,47 +384,36 @@ class Book:
 
     def act_on_hold(self, action: HoldAction) -> Outcome:
         hold = self.holds.get(action.hold_id)
-        amount = action.amount
-        if hold is not None and (amount is None or action.verb != "post"):
-            amount = hold.amount
-        request = self._closing_transfer(action, hold, amount or 0)
         if hold is None or hold.tenant_id != action.tenant_id:
             return self._reject(Rejected(action, "hold_not_found", f"no pending transfer {action.hold_id}"))
         if hold.status != "pending":
             return self._reject(Rejected(action, f"hold_{hold.status}",
                                          f"transfer {hold.transfer_id} is already {hold.status}"))
-        if action.verb == "post" and (amount is None or not 0 < amount <= hold.amount):
+        # A post moves what it asks (all of the hold when it asks nothing); a void or an
+        # expiry releases the whole hold.
+        amount = action.amount if action.verb == "post" and action.amount is not None else hold.amount
+        if not 0 < amount <= hold.amount:
             return self._reject(Rejected(action, "amount_exceeds_hold",
                                          f"a hold of {hold.amount} can post 1 to {hold.amount}"))
         debit, credit = self.accounts[hold.debit_account_id], self.accounts[hold.credit_account_id]
         debit.apply_pending("debit", -hold.amount)
         credit.apply_pending("credit", -hold.amount)
         if action.verb == "post":
-            assert amount is not None
             debit.apply("debit", amount)
             credit.apply("credit", amount)
         self.result.touched.update((debit.id, credit.id))
         hold.status = _ACTION_STATUS[action.verb]
         self.result.closed_holds[hold.transfer_id] = (hold.status, action.transfer_id)
-        return self._accept(request)
-
-    @staticmethod
-    def _closing_transfer(action: HoldAction, hold: HoldState | None, amount: int) -> TransferRequest:
-        """The transfer that records ``action``: what it posts, or what it releases."""
-        legs: tuple[Leg, ...] = ()
-        if hold is not None and amount > 0:
-            legs = (Leg(hold.debit_account_id, "debit", amount),
-                    Leg(hold.credit_account_id, "credit", amount))
-        return TransferRequest(
+        return self._accept(TransferRequest(
             transfer_id=action.transfer_id,
             tenant_id=action.tenant_id,
             external_ref=action.external_ref,
-            kind=hold.kind if hold is not None else "ledger",
-            currency=hold.currency if hold is not None else "",
-            legs=legs,
+            kind=hold.kind,
+            currency=hold.currency,
+            legs=(Leg(hold.debit_account_id, "debit", amount), Leg(hold.credit_account_id, "credit", amount)),
             phase=_ACTION_PHASE[action.verb],
             pending_id=action.hold_id,
-        )
+        ))
 
     # ------------------------------------------------------------------ outcomes
 

@@ -49,6 +49,7 @@ from paystream.ledger.store import LedgerStore
 from paystream.platform.ids import new_id
 from paystream.platform.observability import get_logger
 from paystream.platform.outbox import Outbox
+from paystream.platform.runtime import repeat
 
 log = get_logger(__name__)
 
@@ -333,18 +334,8 @@ class DeltaFolder:
             return await self._store.fold_deltas(conn, self._batch)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                folded = await self.fold_once()
-            except Exception as exc:
-                log.warning("delta_fold_failed", error=repr(exc))
-                folded = 0
-            if folded >= self._batch:
-                continue
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass
+        await repeat(stopping, self.fold_once, interval=self._interval, backlog=self._batch,
+                     failed="delta_fold_failed")
 
 
 class HoldSweeper:
@@ -391,15 +382,4 @@ class HoldSweeper:
             return len(holds)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                expired = await self.sweep_once()
-            except Exception as exc:
-                log.warning("hold_sweep_failed", error=repr(exc))
-                expired = 0
-            if expired:
-                continue
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=self._interval)
-            except TimeoutError:
-                pass
+        await repeat(stopping, self.sweep_once, interval=self._interval, failed="hold_sweep_failed")

@@ -58,27 +58,6 @@ class TransferLookups:
             account_id, before_seq, limit + 1,
         )
 
-    async def decided_refs(
-        self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]
-    ) -> set[tuple[str, str]]:
-        """Which (tenant, external ref) pairs were already posted or rejected."""
-        refs = list(refs)
-        if not refs:
-            return set()
-        tenants, ext = [r[0] for r in refs], [r[1] for r in refs]
-        rows = await conn.fetch(
-            "SELECT t.tenant_id, t.external_ref FROM transfers t "
-            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
-            "ON t.tenant_id = r.tenant_id AND t.external_ref = r.ref "
-            "AND t.phase IN ('posted', 'pending') "
-            "UNION ALL "
-            "SELECT j.tenant_id, j.external_ref FROM rejections j "
-            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
-            "ON j.tenant_id = r.tenant_id AND j.external_ref = r.ref",
-            tenants, ext,
-        )
-        return {(row["tenant_id"], row["external_ref"]) for row in rows}
-
     async def decisions(
         self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]
     ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str]]:
@@ -102,21 +81,6 @@ class TransferLookups:
         held = {(row["tenant_id"], row["external_ref"]): row["id"] for row in rows
                 if row["phase"] == "pending"}
         return decided, held
-
-    async def holds_by_ref(
-        self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]
-    ) -> dict[tuple[str, str], str]:
-        """The pending transfers' ids by (tenant, external ref), for the refs that made a hold."""
-        refs = list(refs)
-        if not refs:
-            return {}
-        rows = await conn.fetch(
-            "SELECT t.id, t.tenant_id, t.external_ref FROM transfers t "
-            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
-            "ON t.tenant_id = r.tenant_id AND t.external_ref = r.ref WHERE t.phase = 'pending'",
-            [r[0] for r in refs], [r[1] for r in refs],
-        )
-        return {(row["tenant_id"], row["external_ref"]): row["id"] for row in rows}
 
     async def posted_transfers_by_ref(
         self, conn: asyncpg.Connection, refs: Iterable[tuple[str, str]]

@@ -44,6 +44,34 @@ log = get_logger(__name__)
 Worker = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
+async def repeat(
+    stopping: asyncio.Event,
+    work: Callable[[], Awaitable[int]],
+    *,
+    interval: float,
+    backlog: int | None = None,
+    failed: str,
+) -> None:
+    """A worker's loop: run ``work`` until ``stopping`` is set, pausing ``interval`` between rounds.
+
+    ``work`` returns how much it did; when that reaches ``backlog`` (any non-zero amount if
+    ``backlog`` is None) there is likely more, so the next round starts at once. A failed
+    round is logged as ``failed`` and retried after the pause.
+    """
+    while not stopping.is_set():
+        try:
+            done = await work()
+        except Exception as exc:
+            log.warning(failed, error=repr(exc))
+            done = 0
+        if done and done >= (backlog or 1):
+            continue
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Needs:
     """What a service connects to at start."""
