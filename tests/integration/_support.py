@@ -1,4 +1,5 @@
-"""Helpers for the integration tests: polling with a deadline, fetching a known number of messages."""
+"""Helpers for the integration tests: polling with a deadline (also for a lock wait), fetching a
+known number of messages."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+import asyncpg
 
 from paystream.platform.bus import Delivery, Subscription
 
@@ -24,6 +27,14 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
         await asyncio.sleep(interval)
+
+
+async def waiting_on_a_lock(pool: asyncpg.Pool, query_like: str = "%", *, timeout: float = 5.0) -> None:
+    """Return once another backend whose query is like ``query_like`` waits for a lock."""
+    await eventually(lambda: pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND pid <> pg_backend_pid() AND query LIKE $1", query_like,
+    ), timeout=timeout)
 
 
 async def fetch_n(subscription: Subscription, count: int, *, timeout: float = 10.0) -> list[Delivery]:

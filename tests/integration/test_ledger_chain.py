@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from paystream.ledger.chain import GENESIS, EntryFields, entry_hash
 from paystream.ledger.domain import TransferRequest, post_batch, simple_transfer
 from paystream.ledger.store import LedgerStore
 from paystream.ledger.verify import VerifyReport, verify_connection
@@ -101,6 +102,35 @@ async def test_posted_history_is_chained_gaplessly_and_verifies(ledger: Any, adm
     assert head["seq"] == 8
     report = await _verify(admin_pool, db.schema)
     assert report.ok, str(report)
+
+
+async def test_the_servers_chaining_is_the_python_encoding_byte_for_byte(
+    make_schema: Any, admin_pool: asyncpg.Pool
+) -> None:
+    """``ledger_write`` (007) hashes entries in SQL; each stored hash must be what
+    `paystream.ledger.chain.entry_hash` gives, also for text that is not ASCII."""
+    db = await make_schema("ledger")
+    async with admin_pool.acquire() as conn:
+        await conn.execute(
+            f'INSERT INTO "{db.schema}".accounts (id, tenant_id, currency, kind, normal_balance, '
+            "allow_overdraft, credits_posted) VALUES ('acc_ünïcødé_€', $1, 'EUR', 'wallet', 'credit', "
+            "true, 0), ('acc_plain', $1, 'EUR', 'wallet', 'credit', false, 500)", TENANT)
+    role = await asyncpg.connect(db.role_url)
+    try:
+        await _post(role, _transfer("pay_1", "acc_plain", "acc_ünïcødé_€", 123),
+                    _transfer("pay_2", "acc_plain", "acc_ünïcødé_€", 77))
+        rows = await role.fetch("SELECT * FROM entries ORDER BY chain, seq")
+    finally:
+        await role.close()
+    assert len(rows) == 4
+    prev = GENESIS
+    for row in rows:
+        fields = EntryFields(id=row["id"], transfer_id=row["transfer_id"], account_id=row["account_id"],
+                             direction=row["direction"], amount=row["amount"], currency=row["currency"],
+                             created_at=row["created_at"])
+        assert bytes(row["prev_hash"]) == prev
+        assert bytes(row["hash"]) == entry_hash(prev, row["seq"], fields)
+        prev = bytes(row["hash"])
 
 
 async def test_a_changed_amount_is_named(ledger: Any, admin_pool: asyncpg.Pool, postgres_url: str) -> None:
@@ -189,7 +219,7 @@ async def test_migration_002_chains_existing_rows_the_way_the_store_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A ledger with history from before the chain: 002 chains it, in SQL, and the store
-    (in Python) carries on from its head; verify recomputes it all in Python."""
+    (``ledger_write`` of 007) carries on from its head; verify recomputes it all in Python."""
     schema = f"{uid}_ledger"
     drop_schema_after(schema)
     full = migrations.migrations_for
@@ -219,7 +249,7 @@ async def test_migration_002_chains_existing_rows_the_way_the_store_does(
         monkeypatch.setattr(migrations, "migrations_for", full)
         applied = await migrations.migrate(conn, service="ledger", schema=schema, password="pw-one")
     assert applied == ["ledger/002_chain", "ledger/003_checkpoints", "ledger/004_holds",
-                       "ledger/005_chains", "ledger/006_balance_deltas"]
+                       "ledger/005_chains", "ledger/006_balance_deltas", "ledger/007_posting_calls"]
 
     async with admin_pool.acquire() as conn:
         chained = await conn.fetch(f'SELECT transfer_id, seq FROM "{schema}".entries ORDER BY seq')

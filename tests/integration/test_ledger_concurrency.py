@@ -21,6 +21,8 @@ from paystream.ledger.store import LedgerStore
 from paystream.ledger.transfers import TransferRefused, TransferService
 from paystream.ledger.verify import verify_connection
 
+from ._support import waiting_on_a_lock
+
 TENANT = "ten_hot"
 POSTERS = 400
 
@@ -121,9 +123,9 @@ async def test_unrelated_postings_spread_over_the_hash_chains_instead_of_queuein
 
 
 async def test_paying_into_an_account_does_not_wait_for_its_row_lock(make_schema: Any) -> None:
-    """A credit to a wallet cannot break its limit, so it takes no lock on the wallet's row:
+    """A credit to a wallet cannot break its limit, so it never waits for the wallet's row:
     while another transaction holds the merchant's row (say, a long debit), payments into it
-    still post at once, and the merchant's balance counts them."""
+    still post at once (as balance deltas), and the merchant's balance counts them."""
     db = await make_schema("ledger", max_size=6)
     service = TransferService(db.pool, LedgerStore())
     async with db.pool.acquire() as conn:
@@ -135,16 +137,53 @@ async def test_paying_into_an_account_does_not_wait_for_its_row_lock(make_schema
             await asyncio.wait_for(service.create(TENANT, _body(f"in-{n}", bank, merchant, 100)), 5)
         # The merchant paying out would need the lock: it waits until the blocker ends.
         payout = asyncio.create_task(service.create(TENANT, _body("out", merchant, bank, 250)))
-        deadline = asyncio.get_running_loop().time() + 5
-        while not await db.pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE '%FOR NO KEY UPDATE%'"
-        ):
-            assert asyncio.get_running_loop().time() < deadline, "the payout never waited for the lock"
-            await asyncio.sleep(0.02)
+        await waiting_on_a_lock(db.pool, "%ledger_lock%")
         assert not payout.done()
     await asyncio.wait_for(payout, 5)
     totals = await db.pool.fetchrow(
         "SELECT credits_posted - debits_posted AS posted FROM account_totals WHERE id = $1", merchant
     )
     assert totals["posted"] == 50
+
+
+async def test_a_credit_to_a_free_row_is_written_in_place_and_folds_its_deltas(make_schema: Any) -> None:
+    """Deltas are only for a row someone else holds: a credit to a free row locks it (without
+    waiting) and writes the total in place, folding in the deltas it had collected."""
+    db = await make_schema("ledger", max_size=4)
+    service = TransferService(db.pool, LedgerStore())
+    async with db.pool.acquire() as conn:
+        (bank,) = await _wallets(conn, 1, overdraft=True)
+        (merchant,) = await _wallets(conn, 1)
+    async with db.pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", merchant)
+        await asyncio.wait_for(service.create(TENANT, _body("held-1", bank, merchant, 100)), 5)
+    assert await db.pool.fetchval("SELECT count(*) FROM balance_deltas WHERE account_id = $1", merchant) == 1
+
+    await service.create(TENANT, _body("free-1", bank, merchant, 40))
+
+    assert await db.pool.fetchval("SELECT count(*) FROM balance_deltas WHERE account_id = $1", merchant) == 0
+    assert await db.pool.fetchval("SELECT credits_posted FROM accounts WHERE id = $1", merchant) == 140
+
+
+async def test_a_posting_waits_for_a_chain_when_all_sixteen_are_held(
+    make_schema: Any, admin_pool: asyncpg.Pool
+) -> None:
+    """With every chain head held by other transactions, ``ledger_write`` waits for one (it
+    does not fail, and does not write unchained entries), then appends after that head."""
+    db = await make_schema("ledger", max_size=4)
+    service = TransferService(db.pool, LedgerStore())
+    async with db.pool.acquire() as conn:
+        bank, shop = await _wallets(conn, 2, overdraft=True)
+    async with admin_pool.acquire() as holder, holder.transaction():
+        held = await holder.fetch(f'SELECT chain FROM "{db.schema}".chain_head ORDER BY chain FOR UPDATE')
+        assert len(held) == 16
+        posting = asyncio.create_task(service.create(TENANT, _body("waits", bank, shop, 10)))
+        await waiting_on_a_lock(db.pool, "%ledger_write%")
+        assert not posting.done()
+    await asyncio.wait_for(posting, 5)
+    chained = await db.pool.fetch("SELECT chain, seq FROM entries ORDER BY id")
+    assert len(chained) == 2 and chained[0]["chain"] == chained[1]["chain"]
+    assert [r["seq"] for r in chained] == [1, 2]
+    async with admin_pool.acquire() as conn:
+        report = await verify_connection(conn, db.schema)
+    assert report.ok, str(report)

@@ -136,21 +136,38 @@ class LedgerMachine(RuleBasedStateMachine):
         self.accounts[account_id] = ModelAccount(account_id, currency, normal, floor)
         return account_id
 
-    def _post(self, *commands: TransferRequest | HoldAction, now: datetime | None = None) -> list[bool]:
-        """What the ledger consumer does: lock holds then accounts, decide, write; posted or not."""
-        store, conn = self.world.store, self.world.conn
+    def _post(self, *commands: TransferRequest | HoldAction, now: datetime | None = None,
+              held: str | None = None) -> list[bool]:
+        """What the ledger consumer does: lock holds then accounts, decide, write; posted or not.
+
+        The accounts are loaded with the legs' directions, as the consumer does, so a credit
+        to a row another transaction holds is written as a balance delta. ``held`` is such a
+        row: the admin connection holds it ``FOR NO KEY UPDATE`` while the commands post.
+        """
+        store, conn, admin = self.world.store, self.world.conn, self.world.admin
 
         async def work() -> list[bool]:
-            async with conn.transaction():
-                holds = await store.lock_holds(conn, [c.hold_id for c in commands if isinstance(c, HoldAction)])
-                ids = {leg.account_id for c in commands if isinstance(c, TransferRequest) for leg in c.legs}
-                ids |= {a for h in holds.values() for a in (h.debit_account_id, h.credit_account_id)}
-                accounts = await store.lock_accounts(conn, ids)
-                refundable = await store.refundable(
-                    conn, [c.refund_of for c in commands if isinstance(c, TransferRequest) and c.refund_of]
-                )
-                result = Book(accounts, holds, refundable).run(commands)
-                await store.write_batch(conn, accounts, result, now or datetime.now(UTC))
+            blocker = admin.transaction()
+            if held:
+                await blocker.start()
+                await admin.execute(f'SELECT 1 FROM "{self.world.schema}".accounts WHERE id = $1 '
+                                    "FOR NO KEY UPDATE", held)
+            try:
+                async with conn.transaction():
+                    holds = await store.lock_holds(conn, [c.hold_id for c in commands if isinstance(c, HoldAction)])
+                    moves = [(leg.account_id, leg.direction)
+                             for c in commands if isinstance(c, TransferRequest) for leg in c.legs]
+                    moves += [(a, d) for h in holds.values() for a in (h.debit_account_id, h.credit_account_id)
+                              for d in ("debit", "credit")]  # closing a hold moves both sides
+                    accounts = await store.lock_accounts(conn, {a for a, _ in moves}, moves)  # type: ignore[misc]
+                    refundable = await store.refundable(
+                        conn, [c.refund_of for c in commands if isinstance(c, TransferRequest) and c.refund_of]
+                    )
+                    result = Book(accounts, holds, refundable).run(commands)
+                    await store.write_batch(conn, accounts, result, now or datetime.now(UTC))
+            finally:
+                if held:
+                    await blocker.rollback()
             return [isinstance(o, Posted) for o in result.outcomes]
         return self.world.run(work)
 
@@ -189,7 +206,17 @@ class LedgerMachine(RuleBasedStateMachine):
     def transfer(self, frm: int, to: int, amount: int) -> ModelPosting:
         return self.transfer_between(frm, to, amount)
 
-    def transfer_between(self, frm: int, to: int, amount: int) -> ModelPosting:
+    @rule(target=postings, to=st.integers(0, 2), amount=AMOUNTS)
+    def fund_while_the_row_is_held(self, to: int, amount: int) -> ModelPosting:
+        """A payment into a wallet whose row another transaction holds: it posts at once, as a
+        balance delta (migration 006), which the next lock of the row or the folder folds in."""
+        posting = self.transfer_between(-1, to, amount, held=self.usd[to])
+        deltas = self.world.run(lambda: self.world.conn.fetchval(
+            "SELECT count(*) FROM balance_deltas WHERE account_id = $1", self.usd[to]))
+        assert deltas > 0
+        return posting
+
+    def transfer_between(self, frm: int, to: int, amount: int, held: str | None = None) -> ModelPosting:
         debit = self.source if frm < 0 else self.usd[frm]
         credit = self.usd[to]
         request = simple_transfer(transfer_id=new_id("trf"), tenant_id=self.tenant, external_ref=new_id("pay"),
@@ -197,7 +224,7 @@ class LedgerMachine(RuleBasedStateMachine):
                                   amount=amount, currency="USD")
         legs = [(debit, "debit", amount), (credit, "credit", amount)]
         expected = debit != credit and self._fits(self._moves(legs))
-        assert self._post(request) == [expected]
+        assert self._post(request, held=held) == [expected]
         if expected:
             self._apply(legs)
         return ModelPosting(request.transfer_id, debit, credit, amount) if expected else \

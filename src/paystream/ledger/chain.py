@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 GENESIS = bytes(32)
 """The ``prev_hash`` of the first entry (seq 1)."""
@@ -41,6 +42,7 @@ class Link:
     hash: bytes
 
 
+@lru_cache(maxsize=256)  # a batch stamps all its entries with one instant
 def iso_utc(moment: datetime) -> str:
     """Microsecond ISO form in UTC: what PostgreSQL's timestamptz keeps, and nothing more."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -48,16 +50,19 @@ def iso_utc(moment: datetime) -> str:
 
 def _field(value: str) -> bytes:
     data = value.encode()
-    return str(len(data)).encode() + b":" + data
+    return b"%d:%b" % (len(data), data)
+
+
+_PREFIX = _field(_VERSION)
 
 
 def canonical(prev_hash: bytes, seq: int, entry: EntryFields) -> bytes:
     """The bytes hashed for an entry at ``seq`` following ``prev_hash``."""
-    fields = (
-        _VERSION, str(seq), str(entry.id), entry.transfer_id, entry.account_id,
-        entry.direction, str(entry.amount), entry.currency, iso_utc(entry.created_at),
-    )
-    return prev_hash + b"".join(_field(f) for f in fields)
+    return b"".join((
+        prev_hash, _PREFIX, _field(str(seq)), _field(str(entry.id)), _field(entry.transfer_id),
+        _field(entry.account_id), _field(entry.direction), _field(str(entry.amount)),
+        _field(entry.currency), _field(iso_utc(entry.created_at)),
+    ))
 
 
 def entry_hash(prev_hash: bytes, seq: int, entry: EntryFields) -> bytes:

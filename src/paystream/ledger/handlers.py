@@ -122,8 +122,8 @@ class LedgerHandlers:
             outcome = self._decide(book, context, signal)
             if outcome is not None:
                 events.append(self._announce(signal, outcome))
-        await self._store.write_batch(conn, accounts, book.result, datetime.now(UTC))
-        await self._outbox.add(conn, events)
+        await self._store.write_batch(conn, accounts, book.result, datetime.now(UTC),
+                                      outbox=self._outbox.rows(events))
 
     async def _load(self, conn: asyncpg.Connection, signals: list[_Signal]) -> _Context:
         keys = [s.key for s in signals]
@@ -304,9 +304,12 @@ class LedgerHandlers:
                      correlation_id=signal.envelope.correlation_id,
                      transfer_id=outcome.request.transfer_id, amount=order.amount,
                      currency=order.currency)
+            taken = _taken_in_another_currency(order, outcome.request)
             event: LedgerPosted | LedgerRejected = LedgerPosted(
                 payment_id=order.payment_id, tenant_id=order.tenant_id,
                 transfer_id=outcome.request.transfer_id,
+                source_amount=taken[0] if taken else None,
+                source_currency=taken[1] if taken else None,
             )
         else:
             log.info("ledger_rejected", payment_id=order.payment_id,

@@ -1,14 +1,14 @@
 """The ledger's SQL: accounts, set-based batch posting, entries.
 
-Posting locks the accounts a batch touches in id order (``ORDER BY id FOR UPDATE``),
-so concurrent batches never deadlock, then writes every change of the batch with a
-handful of set-based statements. Entries are appended to one of the ledger's hash chains
-(`paystream.ledger.chain`) in the same transaction, after locking that chain's head.
+Posting is two calls of functions of migration 007: ``ledger_lock`` loads the accounts a
+batch touches, locking those that need a limit check in id order (so concurrent batches
+never deadlock), and ``ledger_write`` writes every change of the decided batch, appending
+the entries to one of the ledger's hash chains (`paystream.ledger.chain`) after locking
+that chain's head.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +16,6 @@ from typing import Any
 import asyncpg
 import orjson
 
-from paystream.ledger.chain import EntryFields, extend
 from paystream.ledger.domain import (
     AccountState,
     BatchResult,
@@ -29,14 +28,12 @@ from paystream.ledger.domain import (
 )
 from paystream.ledger.lookups import TransferLookups
 from paystream.platform.ids import new_id
+from paystream.platform.outbox import OutboxRows
 
 _ACCOUNT_COLUMNS = (
     "id, tenant_id, currency, kind, normal_balance, allow_overdraft, lower_limit, owner_user_id, "
     "metadata, debits_posted, credits_posted, debits_pending, credits_pending, created_at"
 )
-
-CHAINS = 16
-"""Hash chains the ledger appends to (migration 005): a posting takes the lowest free one."""
 
 _HOLD_COLUMNS = (
     "h.transfer_id, h.tenant_id, t.external_ref, t.kind, h.debit_account_id, h.credit_account_id, "
@@ -194,53 +191,35 @@ class LedgerStore(TransferLookups):
     ) -> dict[str, AccountState]:
         """Load the accounts a batch touches, locking those that need a check, in id order.
 
-        ``moves`` are the (account, direction) legs the batch may make. An account that only
-        moves on its normal side (credits to a wallet, debits to a settlement account) cannot
-        pass its lower limit, so it is read without a lock and its changes are written as
-        balance deltas (migration 006): many payers can pay one merchant at once. Every other
-        account (all of them when ``moves`` is None) is locked ``FOR NO KEY UPDATE`` in id
-        order, so concurrent batches cannot deadlock, and its deltas are folded into it.
-        With ``tenant_id``, only that tenant's wallets are loaded (the public API's view).
+        One call of ``ledger_lock`` (migration 007). ``moves`` are the (account, direction)
+        legs the batch may make. An account that may move against its normal side (all of
+        them when ``moves`` is None) is locked ``FOR NO KEY UPDATE`` in id order, so
+        concurrent batches cannot deadlock. An account that only moves on its normal side
+        (credits to a wallet, debits to a settlement account) cannot pass its lower limit:
+        it is locked only when no one else holds it, and otherwise read without a lock, its
+        changes then written as balance deltas (migration 006), so many payers can pay one
+        merchant at once. Every locked account has its deltas folded into it. With
+        ``tenant_id``, only that tenant's wallets are loaded (the public API's view).
         """
         ids = sorted(set(account_ids))
-        against: list[str] = []
-        along: list[str] = []
+        debited: set[str] = set()
+        credited: set[str] = set()
         for account_id, direction in moves or ():
-            (along if direction == "credit" else against).append(account_id)
+            (credited if direction == "credit" else debited).add(account_id)
         everything = moves is None
         rows = await conn.fetch(
-            "WITH wanted AS (SELECT a.id, (a.normal_balance = 'credit' AND a.id = ANY($2::text[])) "
-            "OR (a.normal_balance = 'debit' AND a.id = ANY($3::text[])) OR $4 AS must_lock "
-            "FROM accounts a WHERE a.id = ANY($1::text[]) "
-            "AND ($5::text IS NULL OR (a.tenant_id = $5 AND a.kind = 'wallet'))), "
-            "locked AS (SELECT a.* FROM accounts a WHERE a.id IN (SELECT id FROM wanted WHERE must_lock) "
-            "ORDER BY a.id FOR NO KEY UPDATE), "
-            "folded AS (DELETE FROM balance_deltas d WHERE d.account_id IN (SELECT id FROM locked) "
-            "RETURNING d.account_id, d.debits_posted, d.credits_posted, d.debits_pending, d.credits_pending), "
-            "sums AS (SELECT account_id, sum(debits_posted) AS dp, sum(credits_posted) AS cp, "
-            "sum(debits_pending) AS dq, sum(credits_pending) AS cq, count(*) AS n FROM folded "
-            "GROUP BY account_id) "
-            "SELECT l.id, l.tenant_id, l.currency, l.kind, l.normal_balance, l.allow_overdraft, "
-            "l.lower_limit, l.debits_posted + coalesce(s.dp, 0) AS debits_posted, "
-            "l.credits_posted + coalesce(s.cp, 0) AS credits_posted, "
-            "l.debits_pending + coalesce(s.dq, 0) AS debits_pending, "
-            "l.credits_pending + coalesce(s.cq, 0) AS credits_pending, true AS locked, "
-            "coalesce(s.n, 0) > 0 AS folded FROM locked l LEFT JOIN sums s ON s.account_id = l.id "
-            "UNION ALL "
-            "SELECT a.id, a.tenant_id, a.currency, a.kind, a.normal_balance, a.allow_overdraft, "
-            "a.lower_limit, a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending, "
-            "false, false FROM accounts a WHERE a.id IN (SELECT id FROM wanted WHERE NOT must_lock)",
-            ids, sorted(set(against)) if not everything else [],
-            sorted(set(along)) if not everything else [], everything, tenant_id,
+            "SELECT * FROM ledger_lock($1::text[], $2::boolean[], $3::boolean[], $4, $5)",
+            ids, [i in debited for i in ids], [i in credited for i in ids], everything, tenant_id,
         )
         accounts = {}
         for row in rows:
-            state = _state(row)
-            if not row["locked"]:
+            # The columns are AccountState's first ten fields, in order (cheaper than by name).
+            state = AccountState(*row[:10])
+            if not row[10]:  # read without a lock
                 state.baseline = (state.debits_posted, state.credits_posted,
                                   state.debits_pending, state.credits_pending)
-            state.folded = row["folded"]
-            accounts[row["id"]] = state
+            state.folded = row[11]
+            accounts[state.id] = state
         return accounts
 
     async def wallets_for(
@@ -257,7 +236,7 @@ class LedgerStore(TransferLookups):
         if not ids:
             return 0
         accounts = await self.lock_accounts(conn, ids)
-        await self._write_totals(conn, [a for a in accounts.values() if a.folded], [])
+        await self._write(conn, [a for a in accounts.values() if a.folded], [], [], None, None)
         return len(ids)
 
     async def write_batch(
@@ -268,40 +247,22 @@ class LedgerStore(TransferLookups):
         now: datetime,
         *,
         record_rejections: bool = True,
+        outbox: OutboxRows | None = None,
     ) -> None:
-        """Persist a decided batch: balances, transfers, entries, holds, rejections.
+        """Persist a decided batch: balances, transfers, entries, holds, rejections, events.
 
-        ``record_rejections`` remembers each refused transfer's external ref, so a replayed
-        order is refused again (the pipeline's choice); the public API leaves nothing behind.
+        Balances, transfers, chained entries and the ``outbox`` rows go in one round trip
+        (`ledger_write`, migration 007); holds and rejections, which the posting path seldom
+        has, take a statement each when there are any. ``record_rejections`` remembers each
+        refused transfer's external ref, so a replayed order is refused again (the pipeline's
+        choice); the public API leaves nothing behind.
         """
         rows = [a for a in accounts.values()
                 if a.baseline is None and (a.id in result.touched or a.folded)]
         buffered = [accounts[i] for i in sorted(result.touched) if accounts[i].baseline is not None]
-        await self._write_totals(conn, rows, buffered)
         written = [o.request for o in result.outcomes if isinstance(o, Posted)]
-        if written:
-            await conn.execute(
-                "INSERT INTO transfers (id, tenant_id, external_ref, kind, amount, currency, "
-                "phase, pending_id, refund_of, metadata, created_at) "
-                "SELECT i, t, r, k, a, c, p, h, f, m::jsonb, $11::timestamptz FROM unnest("
-                "$1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
-                "$7::text[], $8::text[], $9::text[], $10::text[]) AS v(i, t, r, k, a, c, p, h, f, m)",
-                [r.transfer_id for r in written],
-                [r.tenant_id for r in written],
-                [r.external_ref for r in written],
-                [r.kind for r in written],
-                [r.amount for r in written],
-                [r.currency for r in written],
-                [r.phase for r in written],
-                [r.pending_id for r in written],
-                [r.refund_of for r in written],
-                [orjson.dumps(dict(r.metadata)).decode() for r in written],
-                now,
-            )
-            posted = [r for r in written if r.writes_entries]
-            if posted:
-                await self._append_entries(conn, posted, now)
-            await self._open_holds(conn, [r for r in written if r.phase == "pending"], now)
+        await self._write(conn, rows, buffered, written, now, outbox)
+        await self._open_holds(conn, [r for r in written if r.phase == "pending"], now)
         if result.closed_holds:
             closed = sorted(result.closed_holds.items())
             await conn.execute(
@@ -326,12 +287,18 @@ class LedgerStore(TransferLookups):
             )
 
     @staticmethod
-    async def _write_totals(
-        conn: asyncpg.Connection, rows: list[AccountState], buffered: list[AccountState]
+    async def _write(
+        conn: asyncpg.Connection,
+        rows: list[AccountState],
+        buffered: list[AccountState],
+        written: list[TransferRequest],
+        now: datetime | None,
+        outbox: OutboxRows | None,
     ) -> None:
-        """One statement: absolute totals for the locked accounts (their deltas were folded
-        into them), and what the batch moved on the accounts read without a lock, appended
-        as deltas."""
+        """One call of `ledger_write`: absolute totals for the locked accounts (their deltas
+        were folded into them), what the batch moved on the accounts read without a lock (as
+        deltas), the transfers, their legs as entries (the function chains them), the events.
+        """
         rows = sorted(rows, key=lambda a: a.id)
         deltas = []
         for a in buffered:
@@ -341,23 +308,43 @@ class LedgerStore(TransferLookups):
                       a.debits_pending - dq, a.credits_pending - cq)
             if any(change):
                 deltas.append((a.id, *change))
-        if not rows and not deltas:
+        legs = [(r, leg) for r in written if r.writes_entries for leg in r.legs]
+        outbox = outbox or OutboxRows([], [], [])
+        if not (rows or deltas or written or outbox.event_ids):
             return
-        columns: list[list[Any]] = [list(c) for c in zip(*deltas, strict=True)] or [[], [], [], [], []]
+        delta_columns: list[list[Any]] = [list(c) for c in zip(*deltas, strict=True)] or [[]] * 5
         await conn.execute(
-            "WITH u AS (UPDATE accounts a SET debits_posted = v.dp, credits_posted = v.cp, "
-            "debits_pending = v.dq, credits_pending = v.cq "
-            "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
-            "AS v(id, dp, cp, dq, cq) WHERE a.id = v.id) "
-            "INSERT INTO balance_deltas (account_id, debits_posted, credits_posted, debits_pending, "
-            "credits_pending) SELECT * FROM unnest($6::text[], $7::bigint[], $8::bigint[], "
-            "$9::bigint[], $10::bigint[])",
+            "SELECT ledger_write($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], "
+            "$6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], "
+            "$11::text[], $12::text[], $13::text[], $14::text[], $15::bigint[], $16::text[], "
+            "$17::text[], $18::text[], $19::text[], $20::text[], "
+            "$21::text[], $22::text[], $23::text[], $24::bigint[], $25::text[], "
+            "$26::text[], $27::text[], $28::bytea[], $29::timestamptz)",
             [a.id for a in rows],
             [a.debits_posted for a in rows],
             [a.credits_posted for a in rows],
             [a.debits_pending for a in rows],
             [a.credits_pending for a in rows],
-            *columns,
+            *delta_columns,
+            [r.transfer_id for r in written],
+            [r.tenant_id for r in written],
+            [r.external_ref for r in written],
+            [r.kind for r in written],
+            [r.amount for r in written],
+            [r.currency for r in written],
+            [r.phase for r in written],
+            [r.pending_id for r in written],
+            [r.refund_of for r in written],
+            [orjson.dumps(dict(r.metadata)).decode() for r in written],
+            [r.transfer_id for r, _ in legs],
+            [leg.account_id for _, leg in legs],
+            [leg.direction for _, leg in legs],
+            [leg.amount for _, leg in legs],
+            [r.currency_of(leg) for r, leg in legs],
+            outbox.event_ids,
+            outbox.subjects,
+            outbox.bodies,
+            now,
         )
 
     async def _open_holds(
@@ -406,64 +393,3 @@ class LedgerStore(TransferLookups):
             now, limit,
         )
         return {row["transfer_id"]: _hold(row) for row in rows}
-
-    async def _append_entries(
-        self, conn: asyncpg.Connection, posted: list[TransferRequest], now: datetime
-    ) -> None:
-        """Insert the legs of ``posted`` as entries chained after the head of a free chain.
-
-        The lowest-numbered chain no other transaction holds is locked (SKIP LOCKED, so
-        unrelated postings never queue behind one lock until commit; a lone writer stays
-        on chain 0). Its head is locked before entry ids are drawn, so within a chain ids,
-        seqs and hashes follow one order. This is the only path that writes entries;
-        anything else would leave them unchained, which `paystream ledger verify` reports.
-        """
-        legs = [(r, leg) for r in posted for leg in r.legs]
-        # The head and, drawn after its lock, the entries' ids: one round trip.
-        head = await conn.fetchrow(
-            "WITH h AS (SELECT chain, seq, hash FROM chain_head ORDER BY chain LIMIT 1 "
-            "FOR UPDATE SKIP LOCKED) SELECT h.chain, h.seq, h.hash, (SELECT array_agg(nextval("
-            "pg_get_serial_sequence('entries', 'id')) ORDER BY g) FROM generate_series(1, $1) g) "
-            "AS ids FROM h",
-            len(legs),
-        )
-        if head is None:  # every chain is in use: wait for one
-            head = await conn.fetchrow(
-                "WITH h AS (SELECT chain, seq, hash FROM chain_head WHERE chain = $2 FOR UPDATE) "
-                "SELECT h.chain, h.seq, h.hash, (SELECT array_agg(nextval("
-                "pg_get_serial_sequence('entries', 'id')) ORDER BY g) FROM generate_series(1, $1) g) "
-                "AS ids FROM h",
-                len(legs), secrets.randbelow(CHAINS),
-            )
-        assert head is not None, "chain_head has its rows from migrations 002 and 005"
-        ids = [{"id": i} for i in head["ids"]]
-        fields = [
-            EntryFields(
-                id=row["id"], transfer_id=r.transfer_id, account_id=leg.account_id,
-                direction=leg.direction, amount=leg.amount, currency=r.currency_of(leg),
-                created_at=now,
-            )
-            for row, (r, leg) in zip(sorted(ids, key=lambda x: x["id"]), legs, strict=True)
-        ]
-        links = extend(head["seq"], bytes(head["hash"]), fields)
-        await conn.execute(
-            "WITH e AS (INSERT INTO entries (id, transfer_id, account_id, direction, amount, "
-            "currency, seq, prev_hash, hash, created_at, chain) "
-            "SELECT *, $10::timestamptz, $11::smallint FROM unnest("
-            "$1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], "
-            "$7::bigint[], $8::bytea[], $9::bytea[])) "
-            "UPDATE chain_head SET seq = $12, hash = $13 WHERE chain = $11",
-            [f.id for f in fields],
-            [f.transfer_id for f in fields],
-            [f.account_id for f in fields],
-            [f.direction for f in fields],
-            [f.amount for f in fields],
-            [f.currency for f in fields],
-            [link.seq for link in links],
-            [link.prev_hash for link in links],
-            [link.hash for link in links],
-            now,
-            head["chain"],
-            links[-1].seq,
-            links[-1].hash,
-        )

@@ -10,17 +10,16 @@ import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two base32 digits per lookup: a ULID's 130 bits (two leading zeros) are 13 pairs.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_SHIFTS = tuple(range(120, -10, -10))
 
 PREFIXES = frozenset({"acc", "pay", "whe", "rev", "evt", "trf", "cli", "usr", "card", "del", "ent", "rtk", "fam"})
 
 
 def _ulid(ms: int, rand: bytes) -> str:
     value = (ms << 80) | int.from_bytes(rand, "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_id(prefix: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -23,6 +24,15 @@ from paystream.platform.observability import Metrics, get_logger
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRows:
+    """Envelopes as the ``outbox`` table's columns, for a statement that inserts them itself."""
+
+    event_ids: list[str]
+    subjects: list[str]
+    bodies: list[bytes]
+
+
 class Outbox:
     """Writes events into the service's ``outbox`` table, in the caller's transaction."""
 
@@ -32,15 +42,21 @@ class Outbox:
     def subject(self, envelope: Envelope) -> str:
         return subject_for(envelope, self._partitions)
 
+    def rows(self, envelopes: Sequence[Envelope]) -> OutboxRows:
+        """The rows `add` would insert, for a caller that writes them with its own statement
+        (the ledger writes a batch and its events in one round trip)."""
+        return OutboxRows(
+            [e.id for e in envelopes], [self.subject(e) for e in envelopes], [encode(e) for e in envelopes]
+        )
+
     async def add(self, conn: asyncpg.Connection, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
             return
+        rows = self.rows(envelopes)
         await conn.execute(
             "INSERT INTO outbox (event_id, subject, body) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
-            [e.id for e in envelopes],
-            [self.subject(e) for e in envelopes],
-            [encode(e) for e in envelopes],
+            rows.event_ids, rows.subjects, rows.bodies,
         )
 
 
