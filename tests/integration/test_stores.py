@@ -6,6 +6,7 @@ every privilege the store needs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +50,8 @@ from paystream.platform.errors import Conflict, PoisonMessage
 from paystream.platform.ids import new_id
 from paystream.platform.outbox import Outbox
 from paystream.platform.resilience import Guard
+
+from ._support import waiting_on_a_lock
 
 TENANT = "ten_a"
 OTHER_TENANT = "ten_b"
@@ -430,6 +433,44 @@ async def test_payments_ledger_rejection_fails_the_payment_with_its_code(payment
     assert [e.type for e in await _outbox_events(payments)] == [
         "payments.initiated", "payment.failed"
     ]
+
+
+async def test_payments_a_refunds_success_locks_its_original_first_so_consumers_never_deadlock(
+    make_schema: Any,
+) -> None:
+    """One consumer holds the original (say, its batch has an outcome for it) and then wants
+    the refund; the other applies the refund's success, which adds to the original's
+    ``amount_refunded``. The second must take the original before the refund (id order),
+    so it waits instead of closing a cycle; before the fix, PostgreSQL aborted one of them
+    with a deadlock."""
+    pool = (await make_schema("payments", max_size=4)).pool
+    handlers = PaymentHandlers(PaymentsStore(), Outbox(4))
+    async with pool.acquire() as conn:
+        original, _ = await handlers.create(conn, _payment_values("orig", amount=900), "c1")
+        refund, _ = await handlers.create(
+            conn, {**_payment_values("refund", amount=300), "kind": "refund", "refund_of": original["id"]}, "c2")
+    assert original["id"] < refund["id"]
+    posted = _signal(LedgerPosted(payment_id=refund["id"], tenant_id=TENANT, transfer_id=new_id("trf")),
+                     refund["id"])
+
+    async def apply_success() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await handlers.on_outcomes(conn, [posted])
+
+    async with pool.acquire() as other, other.transaction():
+        await other.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", original["id"])
+        success = asyncio.create_task(apply_success())
+        await waiting_on_a_lock(pool)
+        # The refund is free: the waiting consumer took nothing out of order.
+        await asyncio.wait_for(
+            other.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", refund["id"]), 3)
+    await asyncio.wait_for(success, 5)
+
+    async with pool.acquire() as conn:
+        row = await PaymentsStore().get(conn, TENANT, original["id"])
+        done = await PaymentsStore().get(conn, TENANT, refund["id"])
+    assert row is not None and done is not None
+    assert (done["status"], row["amount_refunded"]) == ("succeeded", 300)
 
 
 async def test_payments_outcome_for_an_unknown_payment_is_poison_and_changes_nothing(

@@ -141,9 +141,17 @@ class PaymentsStore:
     async def lock(
         self, conn: asyncpg.Connection, payment_ids: Iterable[str]
     ) -> dict[str, dict[str, Any]]:
-        """Lock payments in id order (the two consumers never deadlock) and load them."""
+        """Lock payments, and the payments they refund, in id order, and load them.
+
+        A refund's success adds to its original's ``amount_refunded``, so the original is
+        locked here with the batch, in the same id order, not later by that update: two
+        consumers then never wait for each other in a cycle (``refund_of`` never changes,
+        so reading it before the lock is safe).
+        """
         rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM payments WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+            f"SELECT {_COLUMNS} FROM payments WHERE id = ANY($1::text[]) OR id IN "
+            "(SELECT refund_of FROM payments WHERE id = ANY($1::text[]) AND refund_of IS NOT NULL) "
+            "ORDER BY id FOR UPDATE",
             sorted(set(payment_ids)),
         )
         return {row["id"]: dict(row) for row in rows}
