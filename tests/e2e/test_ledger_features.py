@@ -130,7 +130,8 @@ async def test_refunds_partial_then_full_never_more_than_was_paid(
     assert (refund["source_account_id"], refund["destination_account_id"]) == (payee, payer)
     again = await _refund(client, paid["id"], 3_000, key="refund-one")
     assert again.json()["id"] == refund["id"] and again.headers.get("idempotent-replayed") == "true"
-    await _status(client, refund["id"], "succeeded")
+    done = await _status(client, refund["id"], "succeeded")
+    assert (done["source_amount"], done["source_currency"]) == (None, None)  # one currency
 
     await _problem(await _refund(client, paid["id"], 5_001), 422, "refund_exceeds_payment")
     rest = await _refund(client, paid["id"])  # no amount: what is left
@@ -219,13 +220,18 @@ async def test_refunds_of_an_exchange_reverse_both_sides_at_the_original_rate_ex
     assert (await _balance(client, payee))["posted"] == 9_215
 
     first = (await _refund(client, paid["id"], 3_333)).json()
-    await _status(client, first["id"], "succeeded")
+    assert first["source_amount"] is None  # known once the ledger has posted it
+    done = await _status(client, first["id"], "succeeded")
+    # The refund is counted in dollars; what it took back from the payee is on it in euros.
+    assert (done["amount"], done["currency"]) == (3_333, "USD")
+    assert (done["source_amount"], done["source_currency"]) == (3_071, "EUR")
     # 9,215 x 3,333 / 10,000 = 3,071.36 euro cents leave the payee; 33.33 dollars come back.
     assert (await _balance(client, payee))["posted"] == 9_215 - 3_071
     assert (await _balance(client, payer))["posted"] == 3_333
     rest = (await _refund(client, paid["id"])).json()
     assert rest["amount"] == 6_667
-    await _status(client, rest["id"], "succeeded")
+    done = await _status(client, rest["id"], "succeeded")
+    assert (done["source_amount"], done["source_currency"]) == (9_215 - 3_071, "EUR")
     assert (await _balance(client, payee))["posted"] == 0  # the shares add up exactly
     assert (await _balance(client, payer))["posted"] == 10_000
     assert (await client.get_payment(paid["id"]))["amount_refunded"] == 10_000

@@ -228,6 +228,12 @@ class Payment(_Response):
     exchange_rate: str | None = None
     refund_of: str | None = Field(default=None, description="the payment a refund reverses")
     amount_refunded: int = Field(default=0, description="what succeeded refunds returned")
+    source_amount: int | None = Field(
+        default=None,
+        description="a refund of a payment across currencies: what it took back from its source "
+                    "account, in that account's currency (set once the ledger has posted it)",
+    )
+    source_currency: str | None = None
     failure_code: str | None
     description: str | None = None
     created_at: datetime

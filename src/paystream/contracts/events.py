@@ -75,6 +75,11 @@ class LedgerPosted(msgspec.Struct, frozen=True, kw_only=True):
     payment_id: str
     tenant_id: str
     transfer_id: str
+    # What the posting took from the payment's source account when that is in another
+    # currency than the payment (a refund of an exchanged payment); None otherwise. Optional,
+    # so events without them (and consumers that ignore them) stay valid.
+    source_amount: int | None = None
+    source_currency: str | None = None
 
 
 class LedgerRejected(msgspec.Struct, frozen=True, kw_only=True):

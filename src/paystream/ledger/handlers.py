@@ -321,6 +321,18 @@ class LedgerHandlers:
                              causation_id=signal.envelope.id)
 
 
+def _taken_in_another_currency(order: PaymentOrder, request: TransferRequest) -> tuple[int, str] | None:
+    """What a refund of an exchange took from its source account (the original payee) in that
+    account's currency, which is not the refund's own; None for every other posting."""
+    if order.kind != "refund" or not order.source_account_id:
+        return None
+    for leg in request.legs:
+        currency = request.currency_of(leg)
+        if leg.account_id == order.source_account_id and leg.direction == "debit" and currency != order.currency:
+            return leg.amount, currency
+    return None
+
+
 class DeltaFolder:
     """Folds balance deltas (migration 006) into their accounts' rows in the background, so an
     account that is only ever paid into does not collect deltas without end."""
@@ -380,8 +392,8 @@ class HoldSweeper:
                                        detail="the review was not decided before its hold expired"),
                         partition_key=key, correlation_id=hold.external_ref,
                     ))
-            await self._store.write_batch(conn, accounts, book.result, now)
-            await self._outbox.add(conn, events)
+            await self._store.write_batch(conn, accounts, book.result, now,
+                                          outbox=self._outbox.rows(events))
             return len(holds)
 
     async def run(self, stopping: asyncio.Event) -> None:

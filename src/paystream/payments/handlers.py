@@ -10,6 +10,7 @@ import asyncpg
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import (
     EVENT_TYPES,
+    LedgerPosted,
     LedgerRejected,
     PaymentInitiated,
     PaymentOrder,
@@ -78,6 +79,7 @@ class PaymentHandlers:
         now = datetime.now(UTC)
         changed: dict[str, StatusUpdate] = {}
         refunded: dict[str, int] = {}
+        taken: dict[str, tuple[int, str]] = {}
         timeline: list[TimelineRow] = []
         public: list[Envelope] = []
         for envelope in signals:
@@ -101,6 +103,12 @@ class PaymentHandlers:
                 if transition.status == "succeeded" and payment["refund_of"]:
                     original = payment["refund_of"]
                     refunded[original] = refunded.get(original, 0) + payment["amount"]
+                    posted = payload_of(envelope, LedgerPosted) if envelope.type == "ledger.posted" else None
+                    if posted is not None and posted.source_amount is not None and posted.source_currency is not None:
+                        # A refund of an exchange: what it took back in the payee's currency.
+                        taken[payment_id] = (posted.source_amount, posted.source_currency)
+                        payment["source_amount"] = posted.source_amount
+                        payment["source_currency"] = posted.source_currency
                 event_id = new_id("evt")
                 if transition.public_event:
                     event_cls = EVENT_TYPES[transition.public_event]
@@ -119,6 +127,7 @@ class PaymentHandlers:
                 )
         await self._store.apply_updates(conn, list(changed.values()), now)
         await self._store.add_refunded(conn, refunded, now)
+        await self._store.set_source_side(conn, taken, now)
         await self._store.add_timeline(conn, timeline, now)
         await self._outbox.add(conn, public)
 

@@ -12,7 +12,7 @@ import asyncpg
 _COLUMNS = (
     "id, tenant_id, kind, status, amount, currency, source_account_id, destination_account_id, "
     "failure_code, description, metadata, created_at, updated_at, refund_of, amount_refunded, "
-    "destination_amount, destination_currency, exchange_rate"
+    "destination_amount, destination_currency, exchange_rate, source_amount, source_currency"
 )
 
 
@@ -31,6 +31,8 @@ def payment_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "exchange_rate": None if row["exchange_rate"] is None else str(row["exchange_rate"]),
         "refund_of": row["refund_of"],
         "amount_refunded": row["amount_refunded"],
+        "source_amount": row["source_amount"],
+        "source_currency": row["source_currency"],
         "failure_code": row["failure_code"],
         "description": row["description"],
         "created_at": row["created_at"],
@@ -118,6 +120,19 @@ class PaymentsStore:
             payment_id,
         )
         return int(value)
+
+    async def set_source_side(
+        self, conn: asyncpg.Connection, taken: dict[str, tuple[int, str]], now: datetime
+    ) -> None:
+        """Record what refunds took from their source accounts in another currency."""
+        if not taken:
+            return
+        ids = sorted(taken)
+        await conn.execute(
+            "UPDATE payments p SET source_amount = v.amount, source_currency = v.currency, updated_at = $4 "
+            "FROM unnest($1::text[], $2::bigint[], $3::text[]) AS v(id, amount, currency) WHERE p.id = v.id",
+            ids, [taken[i][0] for i in ids], [taken[i][1] for i in ids], now,
+        )
 
     async def add_refunded(self, conn: asyncpg.Connection, refunded: dict[str, int], now: datetime) -> None:
         """Count succeeded refunds into their payments' ``amount_refunded``."""
