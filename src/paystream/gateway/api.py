@@ -23,7 +23,7 @@ from paystream.contracts.api import CardCreate, ClientCreate, UserCreate
 from paystream.gateway.audit import AuditRecord
 from paystream.gateway.audit import append as append_audit
 from paystream.gateway.cards import CardRejected, check_cvc, check_expiry, parse_number
-from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, parse_scope, valid_idempotency_key
+from paystream.gateway.domain import Principal, fingerprint, idempotency_verdict, valid_idempotency_key
 from paystream.gateway.edge import (
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
@@ -37,11 +37,12 @@ from paystream.gateway.edge import (
     object_id,
     read_limited,
 )
+from paystream.gateway.grants import Grants
 from paystream.gateway.ratelimit import LimiterUnavailable, RateLimiter
 from paystream.gateway.routes import ROUTES, Route, route_class
-from paystream.gateway.store import ClientStore, IdempotencyStore, secret_matches
+from paystream.gateway.store import ClientStore, IdempotencyStore
 from paystream.gateway.tokens import InvalidToken, TokenService
-from paystream.gateway.users import USER_SCOPES, UserExists, UserStore
+from paystream.gateway.users import UserExists, UserStore
 from paystream.gateway.vault import CardVault, card_view
 from paystream.platform.errors import DomainError
 from paystream.platform.http import Caller, JSONResponse, problem, validation_problem
@@ -80,6 +81,7 @@ class Gateway:
         self.clients = ClientStore()
         self.idempotency = IdempotencyStore()
         self.users = UserStore(vault.keyring) if vault is not None else None
+        self.grants = Grants(pool=pool, clients=self.clients, users=self.users, tokens=tokens)
         self._internal_token = internal_token
 
     # -- authentication ------------------------------------------------------------------
@@ -337,97 +339,7 @@ class Gateway:
         limited = await self.rate_limit("auth", request, client_id[:64] if client_id else None)
         if limited is not None:
             return limited
-        grant_type = form.get("grant_type")
-        if grant_type == "password":
-            return await self._password_grant(form, client_id, client_secret)
-        if grant_type == "refresh_token":
-            return await self._refresh_grant(form, client_id, client_secret)
-        if grant_type != "client_credentials":
-            return oauth_error(400, "unsupported_grant_type",
-                                "grant_type must be client_credentials, password or refresh_token")
-        if not client_id or not client_secret or len(client_id) > 64 or len(client_secret) > 256:
-            return oauth_error(401, "invalid_client", "client authentication failed")
-        async with self.pool.acquire() as conn:
-            client = await self.clients.get_client(conn, client_id)
-        if client is None or client["disabled"] or not secret_matches(client_secret, client["secret_hash"]):
-            return oauth_error(401, "invalid_client", "client authentication failed")
-        scopes = parse_scope(form.get("scope"), frozenset(client["scopes"]))
-        if scopes is None:
-            return oauth_error(400, "invalid_scope", "a requested scope is not granted to this client")
-        token = self.tokens.issue(client_id=client["id"], tenant_id=client["tenant_id"], scopes=scopes)
-        return JSONResponse(
-            {"access_token": token, "token_type": "Bearer", "expires_in": self.tokens.ttl,
-             "scope": " ".join(sorted(scopes))},
-            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-        )
-
-    async def _wallet_client(self, client_id: str | None, client_secret: str | None) -> Any:
-        """The client a user signs in through (or the OAuth error to answer): it must exist
-        and be enabled; a secret, if sent, must be right (wallet apps are public clients)."""
-        if self.users is None:
-            return oauth_error(400, "unsupported_grant_type", "wallet users need the vault's keyring")
-        refused = oauth_error(401, "invalid_client", "client authentication failed")
-        if not client_id or len(client_id) > 64 or (client_secret is not None and len(client_secret) > 256):
-            return refused
-        async with self.pool.acquire() as conn:
-            client = await self.clients.get_client(conn, client_id)
-        if client is None or client["disabled"]:
-            return refused
-        if client_secret is not None and not secret_matches(client_secret, client["secret_hash"]):
-            return refused
-        return client
-
-    def _user_tokens(self, *, client_id: str, tenant_id: str, user_id: str, scopes: frozenset[str],
-                     refresh_token: str) -> Response:
-        token = self.tokens.issue(client_id=client_id, tenant_id=tenant_id, scopes=scopes, user_id=user_id)
-        return JSONResponse(
-            {"access_token": token, "token_type": "Bearer", "expires_in": self.tokens.ttl,
-             "scope": " ".join(sorted(scopes)), "refresh_token": refresh_token},
-            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-        )
-
-    async def _password_grant(self, form: dict[str, str], client_id: str | None,
-                              client_secret: str | None) -> Response:
-        client = await self._wallet_client(client_id, client_secret)
-        if isinstance(client, Response):
-            return client
-        assert self.users is not None
-        username, password = form.get("username", ""), form.get("password", "")
-        scopes = parse_scope(form.get("scope"), USER_SCOPES & frozenset(client["scopes"]))
-        if scopes is None:
-            return oauth_error(400, "invalid_scope", "a requested scope is not granted to users")
-        now = datetime.now(UTC)
-        if not username or not password or len(username) > 320 or len(password) > 1024:
-            return oauth_error(400, "invalid_grant", "the user credentials are not valid")
-        async with self.pool.acquire() as conn:
-            user = await self.users.sign_in(conn, tenant_id=client["tenant_id"], email=username,
-                                            password=password, now=now)
-            if user is None:
-                return oauth_error(400, "invalid_grant", "the user credentials are not valid")
-            refresh = await self.users.issue_refresh(
-                conn, user_id=user.user_id, tenant_id=user.tenant_id, client_id=client["id"],
-                scopes=sorted(scopes), now=now,
-            )
-        return self._user_tokens(client_id=client["id"], tenant_id=user.tenant_id, user_id=user.user_id,
-                                 scopes=scopes, refresh_token=refresh)
-
-    async def _refresh_grant(self, form: dict[str, str], client_id: str | None,
-                             client_secret: str | None) -> Response:
-        client = await self._wallet_client(client_id, client_secret)
-        if isinstance(client, Response):
-            return client
-        assert self.users is not None
-        presented = form.get("refresh_token", "")
-        if not presented or len(presented) > 256:
-            return oauth_error(400, "invalid_grant", "the refresh token is not valid")
-        async with self.pool.acquire() as conn:
-            refreshed = await self.users.rotate_refresh(conn, token=presented, client_id=client["id"],
-                                                        now=datetime.now(UTC))
-        if refreshed is None:
-            return oauth_error(400, "invalid_grant", "the refresh token is not valid")
-        return self._user_tokens(client_id=client["id"], tenant_id=refreshed.tenant_id,
-                                 user_id=refreshed.user_id, scopes=refreshed.scopes,
-                                 refresh_token=refreshed.refresh_token)
+        return await self.grants.answer(form, client_id, client_secret)
 
     async def _local_write(
         self, request: Request, scope: str, model: type[ModelT], *, users_may: bool = True
