@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -88,6 +89,20 @@ def serve(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES
     run_service(importlib.import_module(f"paystream.{name}.service"))
 
 
+def _drive(work: Coroutine[Any, Any, bool], what: str) -> None:
+    """Run a tool that drives the public API; an API or network failure is a message, exit 1."""
+    import httpx
+
+    from paystream.tools.client import ApiError
+
+    try:
+        ok = asyncio.run(work)
+    except (ApiError, httpx.HTTPError) as exc:
+        console.print(f"[bold red]{what} failed:[/bold red] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if ok else 1)
+
+
 @app.command()
 def demo(
     home: HomeOption = Path(".paystream"),
@@ -97,8 +112,7 @@ def demo(
     """Against a running stack: accounts, deposits, a mix of transfers, then a report."""
     from paystream.tools.demo import run_demo
 
-    ok = asyncio.run(run_demo(home, payments=payments, concurrency=concurrency, console=console))
-    raise typer.Exit(0 if ok else 1)
+    _drive(run_demo(home, payments=payments, concurrency=concurrency, console=console), "demo")
 
 
 @app.command()
@@ -118,14 +132,13 @@ def bench(
     from paystream.tools.bench import run_bench, run_bench_on_fresh_stack
 
     if fresh:
-        ok = asyncio.run(run_bench_on_fresh_stack(
+        _drive(run_bench_on_fresh_stack(
             payments=payments, concurrency=concurrency, accounts=accounts, console=console,
             json_path=json_path,
-        ))
+        ), "bench")
     else:
-        ok = asyncio.run(run_bench(home, payments=payments, concurrency=concurrency,
-                                   accounts=accounts, console=console, json_path=json_path))
-    raise typer.Exit(0 if ok else 1)
+        _drive(run_bench(home, payments=payments, concurrency=concurrency,
+                         accounts=accounts, console=console, json_path=json_path), "bench")
 
 
 keys_app = typer.Typer(help="Signing keys of the access tokens.", no_args_is_help=True)

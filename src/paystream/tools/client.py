@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import stamina
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,22 @@ class ApiError(Exception):
                          f"{self.status} {self.problem.get('code')} {self.problem.get('detail')}")
 
 
+RETRY_AFTER_CAP = 30.0
+"""The longest wait a Retry-After may ask of the client, in seconds."""
+
+
+def _rate_limited(exc: Exception) -> bool | float:
+    """stamina's backoff hook: a 429 is retried after its Retry-After (the gateway refused
+    the request before doing anything, so sending it again is always safe); nothing else is."""
+    if not isinstance(exc, ApiError) or exc.status != 429:
+        return False
+    try:
+        wait = float(exc.response.headers.get("Retry-After", "1"))
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.0), RETRY_AFTER_CAP)
+
+
 # httpx's pool looks at every connection it holds on each request, so one big pool costs
 # O(connections) per call; several small pools used in turn keep that cost flat.
 CONNECTIONS_PER_POOL = 8
@@ -74,6 +91,7 @@ class PaystreamClient:
     def __init__(
         self, base_url: str, client_id: str, client_secret: str, *, max_connections: int = 100,
         timeout: float = 30.0, ca_file: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._client_id = client_id
         self._client_secret = client_secret
@@ -87,6 +105,7 @@ class PaystreamClient:
                 timeout=timeout,
                 verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
                 limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                transport=transport,
             )
             for _ in range(pools)
         ]
@@ -138,8 +157,14 @@ class PaystreamClient:
             sent.update(headers)
         return await self.http.request(method, path, json=json_body, params=params, headers=sent)
 
+    @stamina.retry(on=_rate_limited, attempts=20, timeout=120.0)
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request and return its JSON; a non-2xx answer raises `ApiError`."""
+        """Send a request and return its JSON; a non-2xx answer raises `ApiError`.
+
+        A request refused by the rate limit (429) is sent again after its Retry-After, up to
+        20 times in 2 minutes, so a tool that creates many objects slows down to the limit
+        instead of failing.
+        """
         response = await self.request(method, path, **kwargs)
         if response.status_code >= 300:
             raise ApiError(response)
