@@ -61,6 +61,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
+import uvloop
 
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import FraudApproved, PaymentOrder
@@ -194,7 +195,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
     try:
         async with postgres(home) as url:
-            return await bench_on(url, args)
+            # The posting runs on uvloop, the loop the service runs on (platform.runtime), in a
+            # thread of its own: this loop keeps the server's process (uvloop cannot start it
+            # as another user).
+            return await asyncio.to_thread(uvloop.run, bench_on(url, args))
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
