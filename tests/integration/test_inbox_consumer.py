@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from paystream.contracts.envelope import Envelope, encode
 from paystream.contracts.topology import ConsumerSpec
@@ -23,6 +25,7 @@ from paystream.platform.bus import Delivery, OutgoingMessage, Subscription
 from paystream.platform.consumer import MAX_FAILED_ATTEMPTS, EventConsumer
 from paystream.platform.db import create_pool
 from paystream.platform.ids import new_id
+from paystream.platform.observability import log_on_commit
 
 from ._support import eventually, fetch_n
 
@@ -248,6 +251,34 @@ async def test_a_transient_failure_mid_batch_rolls_back_and_the_redelivery_appli
     retried = {d.data for d in bus.seen if d.num_delivered > 1}
     assert retried == {encode(e) for e in envelopes if e.id in failed_ids}
     assert await rig.dead_letters() == []
+
+
+async def test_a_batch_that_rolls_back_leaves_no_log_line_and_its_retry_one_per_event(rig: Rig) -> None:
+    """A handler's lines about what it did (`log_on_commit`) are written only by the attempt
+    that commits: an operator never reads "posted" for an effect that was rolled back."""
+    envelopes = [_envelope(n) for n in range(3)]
+    await rig.publish(*envelopes)
+    attempts: list[int] = []
+    log = structlog.get_logger("tests.consumer")
+
+    async def log_then_crash_once(conn: asyncpg.Connection, batch: list[Envelope]) -> None:
+        attempts.append(len(batch))
+        for envelope in batch:
+            log_on_commit(log, "applied", event_id=envelope.id, attempt=len(attempts))
+        await rig.record(conn, batch)
+        if len(attempts) == 1:
+            await conn.execute("SET LOCAL statement_timeout = '20ms'")
+            await conn.execute("SELECT pg_sleep(5)")
+
+    with capture_logs() as lines:
+        async with rig.running(rig.consumer(log_then_crash_once)):
+            await eventually(rig.settled, timeout=15)
+
+    applied = [line for line in lines if line["event"] == "applied"]
+    assert len(attempts) >= 2
+    assert sorted(line["event_id"] for line in applied) == sorted(e.id for e in envelopes)
+    assert all(line["attempt"] > 1 for line in applied)  # nothing from the attempt that failed
+    assert await rig.effects() == {e.id: 1 for e in envelopes}
 
 
 async def test_an_undecodable_message_is_dead_lettered_without_blocking_the_others(

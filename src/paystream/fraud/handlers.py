@@ -28,7 +28,7 @@ from paystream.fraud.store import FraudStore, review_view
 from paystream.fraud.velocity import VelocityCounter
 from paystream.platform.errors import Conflict, NotFound
 from paystream.platform.ids import new_id
-from paystream.platform.observability import bound, get_logger
+from paystream.platform.observability import bound, get_logger, held_until_commit, log_on_commit
 from paystream.platform.outbox import Outbox
 from paystream.platform.resilience import Guard
 
@@ -83,7 +83,7 @@ class FraudHandlers:
                       recent_payments=recent),
             )
             with bound(payment_id=order.payment_id, correlation_id=envelope.correlation_id):
-                log.info("fraud_decision", outcome=decision.outcome, reasons=list(decision.reasons))
+                log_on_commit(log, "fraud_decision", outcome=decision.outcome, reasons=list(decision.reasons))
             decisions.append((order.payment_id, order.tenant_id, decision.outcome, list(decision.reasons)))
             review_id = None
             if decision.outcome == "review":
@@ -114,37 +114,38 @@ class FraudHandlers:
         correlation_id: str,
     ) -> dict[str, Any]:
         """Approve or decline an open review; its event commits with the decision."""
-        async with conn.transaction():
-            row = await self._store.decide_review(
-                conn,
-                tenant_id=tenant_id,
-                review_id=review_id,
-                status="approved" if approve else "declined",
-                decided_by=decided_by,
-                note=note,
-                now=datetime.now(UTC),
-            )
-            if row is None:
-                existing = await self._store.get_review(conn, tenant_id, review_id)
-                if existing is None:
-                    raise NotFound(f"no review {review_id}", code="review_not_found")
-                raise Conflict(
-                    f"review {review_id} is already {existing['status']}", code="review_already_decided"
+        with held_until_commit():
+            async with conn.transaction():
+                row = await self._store.decide_review(
+                    conn,
+                    tenant_id=tenant_id,
+                    review_id=review_id,
+                    status="approved" if approve else "declined",
+                    decided_by=decided_by,
+                    note=note,
+                    now=datetime.now(UTC),
                 )
-            order = msgspec.convert(row["payment"], PaymentOrder)
-            reasons = ["review_approved" if approve else "review_declined"]
-            event: msgspec.Struct = (
-                FraudApproved(order=order, review_id=review_id, reasons=reasons)
-                if approve
-                else FraudDeclined(order=order, review_id=review_id, reasons=reasons)
-            )
-            with bound(payment_id=order.payment_id, review_id=review_id):
-                log.info("review_decided", approved=approve, by=decided_by)
-            await self._outbox.add(
-                conn,
-                [make_envelope(event, partition_key=order.account_key,
-                               correlation_id=correlation_id or order.payment_id)],
-            )
+                if row is None:
+                    existing = await self._store.get_review(conn, tenant_id, review_id)
+                    if existing is None:
+                        raise NotFound(f"no review {review_id}", code="review_not_found")
+                    raise Conflict(
+                        f"review {review_id} is already {existing['status']}", code="review_already_decided"
+                    )
+                order = msgspec.convert(row["payment"], PaymentOrder)
+                reasons = ["review_approved" if approve else "review_declined"]
+                event: msgspec.Struct = (
+                    FraudApproved(order=order, review_id=review_id, reasons=reasons)
+                    if approve
+                    else FraudDeclined(order=order, review_id=review_id, reasons=reasons)
+                )
+                with bound(payment_id=order.payment_id, review_id=review_id):
+                    log_on_commit(log, "review_decided", approved=approve, by=decided_by)
+                await self._outbox.add(
+                    conn,
+                    [make_envelope(event, partition_key=order.account_key,
+                                   correlation_id=correlation_id or order.payment_id)],
+                )
         return review_view(row)
 
 

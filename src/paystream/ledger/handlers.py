@@ -47,7 +47,7 @@ from paystream.ledger.domain import (
 from paystream.ledger.lookups import PostedTransfer
 from paystream.ledger.store import LedgerStore
 from paystream.platform.ids import new_id
-from paystream.platform.observability import get_logger
+from paystream.platform.observability import get_logger, held_until_commit, log_on_commit
 from paystream.platform.outbox import Outbox
 from paystream.platform.runtime import repeat
 
@@ -300,10 +300,10 @@ class LedgerHandlers:
     def _announce(signal: _Signal, outcome: Posted | Rejected) -> Envelope:
         order = signal.order
         if isinstance(outcome, Posted):
-            log.info("ledger_posted", payment_id=order.payment_id,
-                     correlation_id=signal.envelope.correlation_id,
-                     transfer_id=outcome.request.transfer_id, amount=order.amount,
-                     currency=order.currency)
+            log_on_commit(log, "ledger_posted", payment_id=order.payment_id,
+                          correlation_id=signal.envelope.correlation_id,
+                          transfer_id=outcome.request.transfer_id, amount=order.amount,
+                          currency=order.currency)
             taken = _taken_in_another_currency(order, outcome.request)
             event: LedgerPosted | LedgerRejected = LedgerPosted(
                 payment_id=order.payment_id, tenant_id=order.tenant_id,
@@ -312,8 +312,8 @@ class LedgerHandlers:
                 source_currency=taken[1] if taken else None,
             )
         else:
-            log.info("ledger_rejected", payment_id=order.payment_id,
-                     correlation_id=signal.envelope.correlation_id, failure_code=outcome.code)
+            log_on_commit(log, "ledger_rejected", payment_id=order.payment_id,
+                          correlation_id=signal.envelope.correlation_id, failure_code=outcome.code)
             event = LedgerRejected(payment_id=order.payment_id, tenant_id=order.tenant_id,
                                    failure_code=outcome.code, detail=outcome.detail)
         return make_envelope(event, partition_key=order.account_key,
@@ -371,6 +371,10 @@ class HoldSweeper:
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Expire what is due at ``now``; returns how many holds expired."""
         now = now or datetime.now(UTC)
+        with held_until_commit():
+            return await self._expire(now)
+
+    async def _expire(self, now: datetime) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             holds = await self._store.due_holds(conn, now, self._batch)
             if not holds:
@@ -384,7 +388,7 @@ class HoldSweeper:
                 outcome = book.act_on_hold(HoldAction(new_id("trf"), hold.tenant_id,
                                                       hold.external_ref, hold.transfer_id, "expire"))
                 if isinstance(outcome, Posted) and hold.kind in PAYMENT_KINDS:
-                    log.info("ledger_hold_expired", payment_id=hold.external_ref)
+                    log_on_commit(log, "ledger_hold_expired", payment_id=hold.external_ref)
                     key = hold.credit_account_id if hold.kind == "deposit" else hold.debit_account_id
                     events.append(make_envelope(
                         LedgerRejected(payment_id=hold.external_ref, tenant_id=hold.tenant_id,

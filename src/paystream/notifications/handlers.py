@@ -25,7 +25,7 @@ from paystream.notifications import ssrf
 from paystream.notifications.domain import SIGNATURE_HEADER, delivered, retry_delay, sign, wants
 from paystream.notifications.store import NotificationsStore
 from paystream.platform.config import Settings
-from paystream.platform.observability import Metrics, get_logger
+from paystream.platform.observability import Metrics, get_logger, log_on_commit
 
 log = get_logger(__name__)
 
@@ -63,8 +63,8 @@ class NotificationHandlers:
                     body = body or webhook_body(envelope)
                     rows.append((envelope.id, endpoint["id"], tenant, envelope.type, body))
                     queued += 1
-            log.info(
-                "webhooks_queued", event_id=envelope.id, event_type=envelope.type,
+            log_on_commit(
+                log, "webhooks_queued", event_id=envelope.id, event_type=envelope.type,
                 payment_id=envelope.payload["data"].get("id"),
                 correlation_id=envelope.correlation_id, endpoints=queued,
             )

@@ -20,7 +20,7 @@ from paystream.payments.domain import SIGNALS, next_state
 from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow, payment_view
 from paystream.platform.errors import PoisonMessage
 from paystream.platform.ids import new_id
-from paystream.platform.observability import bound, get_logger
+from paystream.platform.observability import bound, get_logger, log_on_commit
 from paystream.platform.outbox import Outbox
 
 log = get_logger(__name__)
@@ -95,7 +95,7 @@ class PaymentHandlers:
                 if transition is None:
                     log.debug("payment_signal_ignored", signal=envelope.type, status=payment["status"])
                     continue
-                log.info("payment_status", status=transition.status, signal=envelope.type)
+                log_on_commit(log, "payment_status", status=transition.status, signal=envelope.type)
                 payment["status"] = transition.status
                 payment["failure_code"] = transition.failure_code
                 payment["updated_at"] = now

@@ -27,7 +27,7 @@ from paystream.contracts.topology import ConsumerSpec
 from paystream.platform.bus import Bus, Delivery, Subscription
 from paystream.platform.db import is_transient
 from paystream.platform.errors import PoisonMessage
-from paystream.platform.observability import Metrics, get_logger
+from paystream.platform.observability import Metrics, get_logger, held_until_commit
 
 log = get_logger(__name__)
 
@@ -160,17 +160,19 @@ class EventConsumer:
         unique: dict[str, Envelope] = {}
         for envelope in envelopes:
             unique.setdefault(envelope.id, envelope)
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[]) "
-                "ON CONFLICT DO NOTHING RETURNING event_id",
-                self.name,
-                list(unique),
-            )
-            new_ids = {row["event_id"] for row in rows}
-            fresh = [envelope for event_id, envelope in unique.items() if event_id in new_ids]
-            if fresh:
-                await self._handler(conn, fresh)
+        # The handlers' lines about what the batch did are written once it has committed.
+        with held_until_commit():
+            async with self._pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[]) "
+                    "ON CONFLICT DO NOTHING RETURNING event_id",
+                    self.name,
+                    list(unique),
+                )
+                new_ids = {row["event_id"] for row in rows}
+                fresh = [envelope for event_id, envelope in unique.items() if event_id in new_ids]
+                if fresh:
+                    await self._handler(conn, fresh)
         duplicates = len(envelopes) - len(fresh)
         if duplicates and self._metrics:
             self._metrics.events_consumed.labels(self.name, "duplicate").inc(duplicates)

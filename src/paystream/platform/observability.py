@@ -1,8 +1,10 @@
 """JSON logs with context (payment id, correlation id) and Prometheus metrics.
 
-Call `configure_logging` once per process; bind context with `bind_context` (it lives
-in contextvars, so it follows the asyncio task). Metrics live in a `Metrics` object
-built per process, never at import time.
+Call `configure_logging` once per process; bind context with `bound` (it lives in
+contextvars, so it follows the asyncio task). A line that reports what a transaction did
+(``ledger_posted``) goes through `log_on_commit`, so it is written only if that
+transaction commits: a batch that rolls back and is retried does not leave a line for
+each attempt. Metrics live in a `Metrics` object built per process, never at import time.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import IO, Any, TextIO, cast
 
 import orjson
@@ -78,6 +81,33 @@ def bound(**context: Any) -> Iterator[None]:
         yield
     finally:
         structlog.contextvars.reset_contextvars(**tokens)
+
+
+_HELD: ContextVar[list[tuple[Any, str, dict[str, Any]]] | None] = ContextVar("paystream_held_logs", default=None)
+
+
+def log_on_commit(logger: Any, event: str, **fields: Any) -> None:
+    """An info line about an effect of the enclosing transaction: held back inside
+    `held_until_commit` (with the log context bound now), written at once outside it."""
+    held = _HELD.get()
+    if held is None:
+        logger.info(event, **fields)
+    else:
+        held.append((logger, event, {**structlog.contextvars.get_contextvars(), **fields}))
+
+
+@contextmanager
+def held_until_commit() -> Iterator[None]:
+    """Around a transaction: the `log_on_commit` lines of the block are written when it
+    exits normally (the transaction committed) and dropped when it raises (rolled back)."""
+    held: list[tuple[Any, str, dict[str, Any]]] = []
+    token = _HELD.set(held)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+    for logger, event, fields in held:  # not reached when the block raised
+        logger.info(event, **fields)
 
 
 class Metrics:
