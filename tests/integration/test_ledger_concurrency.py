@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
 from paystream.contracts.api import LegCreate, TransferCreate
+from paystream.ledger.domain import Book, Posted, simple_transfer
 from paystream.ledger.store import LedgerStore
 from paystream.ledger.transfers import TransferRefused, TransferService
 from paystream.ledger.verify import verify_connection
+from paystream.platform.ids import new_id
 
 from ._support import waiting_on_a_lock
 
@@ -187,3 +191,64 @@ async def test_a_posting_waits_for_a_chain_when_all_sixteen_are_held(
     async with admin_pool.acquire() as conn:
         report = await verify_connection(conn, db.schema)
     assert report.ok, str(report)
+
+
+async def test_the_database_refuses_a_balance_delta_against_an_accounts_normal_side(
+    make_schema: Any,
+) -> None:
+    """Deltas skip the row lock because they can only add to the normal side; the database
+    holds them to it. Another transaction is spending the payer's 100 (it holds the row,
+    uncommitted). A posting whose legs were announced wrongly (the payer's debit given as a
+    credit) reads the row without a lock, still sees 100, and would spend it again as a
+    delta, past the limit once both commit: its write is refused and nothing moves."""
+    db = await make_schema("ledger", max_size=4)
+    store = LedgerStore()
+    async with db.pool.acquire() as conn:
+        (bank,) = await _wallets(conn, 1, overdraft=True)
+        payer, shop = await _wallets(conn, 2)
+    service = TransferService(db.pool, store)
+    await service.create(TENANT, _body("fund", bank, payer, 100))
+
+    async with db.pool.acquire() as blocker:
+        spending = blocker.transaction()
+        await spending.start()
+        await blocker.execute("UPDATE accounts SET debits_posted = debits_posted + 100 WHERE id = $1", payer)
+        async with db.pool.acquire() as conn:
+            with pytest.raises(asyncpg.CheckViolationError, match="deltas_only_add_on_the_normal_side"):
+                async with conn.transaction():
+                    lying = [(payer, "credit"), (shop, "credit")]  # the payer is in fact debited
+                    accounts = await store.lock_accounts(conn, {payer, shop}, lying)  # type: ignore[arg-type]
+                    assert accounts[payer].baseline is not None  # read without a lock
+                    book = Book(accounts)
+                    assert isinstance(book.transfer(simple_transfer(
+                        transfer_id=new_id("trf"), tenant_id=TENANT, external_ref="lie", kind="transfer",
+                        debit_account=payer, credit_account=shop, amount=100, currency="USD",
+                    )), Posted)  # the stale row shows the 100 as still there
+                    await store.write_batch(conn, accounts, book.result, datetime.now(UTC))
+
+        await spending.rollback()  # the ledger as it was, for the check below
+    totals = {row["id"]: row["posted"] for row in await db.pool.fetch(
+        "SELECT id, credits_posted - debits_posted AS posted FROM account_totals WHERE id = ANY($1)",
+        [payer, shop])}
+    assert totals == {payer: 100, shop: 0}
+    assert await db.pool.fetchval("SELECT count(*) FROM transfers WHERE external_ref = 'lie'") == 0
+
+
+async def test_a_delta_must_name_its_accounts_real_side(make_schema: Any) -> None:
+    """The side a delta names is checked against the account: a delta cannot pass for the
+    other side's to get around the check."""
+    db = await make_schema("ledger", max_size=2)
+    async with db.pool.acquire() as conn:
+        (wallet,) = await _wallets(conn, 1)
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await conn.execute(
+                "INSERT INTO balance_deltas (account_id, normal_balance, debits_posted) VALUES ($1, 'debit', 5)",
+                wallet)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO balance_deltas (account_id, normal_balance, credits_posted) VALUES ($1, 'credit', -5)",
+                wallet)
+        await conn.execute(
+            "INSERT INTO balance_deltas (account_id, normal_balance, credits_posted) VALUES ($1, 'credit', 5)",
+            wallet)
+        assert await conn.fetchval("SELECT credits_posted FROM account_totals WHERE id = $1", wallet) == 5

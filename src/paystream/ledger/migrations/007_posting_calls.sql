@@ -20,6 +20,9 @@
 -- entry. `paystream ledger verify` recomputes every hash in Python, so the two encodings are
 -- checked against each other on every verify.
 --
+-- Before the functions: balance deltas are made to name their account's normal side, and
+-- the database refuses one against it (below).
+--
 -- Both run with the caller's rights (not SECURITY DEFINER): the service role can do nothing
 -- through them that it could not do with the statements they replace.
 --
@@ -31,6 +34,23 @@
 -- generic plans: one plan per statement and connection, kept. The ledger's statements
 -- look rows up by key or by arrays of keys, which a generic plan serves as well.
 ALTER ROLE {role} SET plan_cache_mode = force_generic_plan;
+
+-- Balance deltas (006) may only add to an account's normal side: that is why a posting can
+-- write them without locking the row for a limit check. The database holds them to it, so no
+-- mistake upstream (a leg the posting did not announce as a debit, say) can take money past
+-- a limit through a delta: each delta names its account's normal side, a foreign key checks
+-- that against the account, and the other side's columns must be zero.
+ALTER TABLE accounts ADD CONSTRAINT accounts_id_side UNIQUE (id, normal_balance);
+ALTER TABLE balance_deltas ADD COLUMN normal_balance text;
+UPDATE balance_deltas d SET normal_balance = a.normal_balance FROM accounts a WHERE a.id = d.account_id;
+ALTER TABLE balance_deltas
+    ALTER COLUMN normal_balance SET NOT NULL,
+    ADD CONSTRAINT deltas_name_their_side FOREIGN KEY (account_id, normal_balance)
+        REFERENCES accounts (id, normal_balance),
+    ADD CONSTRAINT deltas_only_add_on_the_normal_side CHECK (
+        debits_posted >= 0 AND credits_posted >= 0 AND debits_pending >= 0 AND credits_pending >= 0
+        AND ((normal_balance = 'credit' AND debits_posted = 0 AND debits_pending = 0)
+             OR (normal_balance = 'debit' AND credits_posted = 0 AND credits_pending = 0)));
 
 CREATE FUNCTION ledger_lock(ids text[], debited boolean[], credited boolean[], lock_all boolean,
                             only_tenant text)
@@ -127,9 +147,13 @@ BEGIN
         WHERE a.id = v.id;
     END IF;
     IF coalesce(cardinality(delta_ids), 0) > 0 THEN
-        INSERT INTO balance_deltas (account_id, debits_posted, credits_posted, debits_pending,
-                                    credits_pending)
-        SELECT * FROM unnest(delta_ids, delta_dp, delta_cp, delta_dq, delta_cq);
+        -- The side comes from the account row (a LEFT JOIN: an unknown account fails on
+        -- NOT NULL instead of dropping its delta); the CHECK above does the rest.
+        INSERT INTO balance_deltas (account_id, normal_balance, debits_posted, credits_posted,
+                                    debits_pending, credits_pending)
+        SELECT v.id, a.normal_balance, v.dp, v.cp, v.dq, v.cq
+        FROM unnest(delta_ids, delta_dp, delta_cp, delta_dq, delta_cq) AS v(id, dp, cp, dq, cq)
+        LEFT JOIN accounts a ON a.id = v.id;
     END IF;
     IF coalesce(cardinality(t_ids), 0) > 0 THEN
         INSERT INTO transfers (id, tenant_id, external_ref, kind, amount, currency, phase,
