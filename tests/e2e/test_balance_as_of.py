@@ -40,7 +40,10 @@ async def test_a_past_balance_sums_only_the_entries_up_to_that_instant(
 
 async def test_an_unreadable_or_zoneless_as_of_is_a_422(stack: UpProcess, client: PaystreamClient) -> None:
     account = await client.create_account("USD")
-    for bad in ("yesterday", "2026-11-21T12:00:00"):
+    # Numbers (which a lax parser reads as seconds since 1970), a date alone, no zone, no
+    # such day: each a 422, never a balance for some other instant.
+    for bad in ("yesterday", "2026-11-21T12:00:00", "0.5", "1700000000", "2026-11-21",
+                "2026-13-01T00:00:00Z", "2026-11-21T12:00:00+25:00"):
         response = await client.request("GET", f"/v1/accounts/{account['id']}", params={"as_of": bad})
         assert response.status_code == 422, (bad, response.text)
         assert response.headers["content-type"].startswith("application/problem+json")

@@ -73,7 +73,7 @@ def build_openapi() -> dict[str, Any]:
             operation["parameters"].append({
                 "name": "Idempotency-Key", "in": "header",
                 "required": route.idempotency == "required",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
                 "description": "Same key and body replays the first response (Idempotent-Replayed: "
                                "true); same key with another body is 422; while the first is running, 409.",
             })

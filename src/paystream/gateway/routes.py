@@ -57,7 +57,8 @@ class Route:
 
 _PAGE = (
     QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
-    QueryParam("starting_after", {"type": "string"}, "id of the last object of the previous page"),
+    QueryParam("starting_after", {"type": "string", "minLength": 1, "maxLength": 40, "pattern": "^[a-z]+_[0-9A-Z]+$"},
+               "id of the last object of the previous page (an id of the listed type)"),
 )
 
 ROUTES: tuple[Route, ...] = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -71,15 +72,15 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
     async def get_account(
         account_id: str,
         caller: Caller = Depends(auth),
-        as_of: Annotated[datetime | None, Query(description="the balance as it stood at this instant")] = None,
+        as_of: Annotated[str | None, Query(max_length=64,
+                                           description="the balance as it stood at this instant")] = None,
     ) -> JSONResponse:
+        instant = None if as_of is None else _instant(as_of)
         async with pool.acquire() as conn:
             row = await visible_account(conn, caller, account_id)
-            if as_of is None:
+            if instant is None:
                 return JSONResponse(account_view(row))
-            if as_of.tzinfo is None:
-                raise Invalid("as_of needs a time zone, e.g. 2026-11-21T12:00:00Z", code="invalid_as_of")
-            debits, credits = await store.posted_as_of(conn, account_id, as_of)
+            debits, credits = await store.posted_as_of(conn, account_id, instant)
         # Entries are the truth the running totals summarise; nothing was pending then.
         then = {**dict(row), "debits_posted": debits, "credits_posted": credits,
                 "debits_pending": 0, "credits_pending": 0}
@@ -124,3 +125,18 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
         return JSONResponse(await transfers.act(caller.tenant_id, transfer_id, "void"))
 
     app.include_router(router)
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _instant(text: str) -> datetime:
+    """An RFC 3339 timestamp with its zone. Nothing looser: a bare number (read elsewhere as
+    seconds since 1970) or a date alone would give a balance for some other instant than meant."""
+    if not _RFC3339.fullmatch(text):
+        raise Invalid("as_of must be an RFC 3339 timestamp with a zone, e.g. 2026-11-21T12:00:00Z",
+                      code="invalid_as_of")
+    try:
+        return datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:  # well formed, but no such instant (month 13, say)
+        raise Invalid(f"as_of {text!r} is not a real instant", code="invalid_as_of") from None
