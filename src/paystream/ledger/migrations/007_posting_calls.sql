@@ -39,7 +39,9 @@ ALTER ROLE {role} SET plan_cache_mode = force_generic_plan;
 -- write them without locking the row for a limit check. The database holds them to it, so no
 -- mistake upstream (a leg the posting did not announce as a debit, say) can take money past
 -- a limit through a delta: each delta names its account's normal side, a foreign key checks
--- that against the account, and the other side's columns must be zero.
+-- that against the account, and the other side's columns must be zero. A ledger that
+-- already holds a delta against its account's side fails here on purpose: that delta was a
+-- bug, and is for a person to look at before anything moves again.
 ALTER TABLE accounts ADD CONSTRAINT accounts_id_side UNIQUE (id, normal_balance);
 ALTER TABLE balance_deltas ADD COLUMN normal_balance text;
 UPDATE balance_deltas d SET normal_balance = a.normal_balance FROM accounts a WHERE a.id = d.account_id;
