@@ -795,6 +795,24 @@ async def test_reading_an_object_that_does_not_exist_is_a_404(
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        pytest.param("DELETE", "/v1/payments", {"GET", "POST"}, id="payments"),
+        pytest.param("PUT", "/v1/accounts", {"POST"}, id="accounts"),
+        pytest.param("POST", "/v1/webhook_endpoints/whe_x", {"DELETE", "GET"}, id="webhook-endpoint"),
+        pytest.param("OPTIONS", "/v1/transfers", {"POST"}, id="transfers"),
+    ],
+)
+async def test_a_method_a_path_does_not_serve_is_a_405_naming_every_method_it_does(
+    world: World, method: str, path: str, allowed: set[str]
+) -> None:
+    async with changes_nothing(world):
+        response = await world.admin.request(method, path, idempotency_key=_key())
+    assert_problem(response, 405, "method_not_allowed")
+    assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+
+
+@pytest.mark.parametrize(
     ("method", "path", "body", "field_name"),
     [
         pytest.param("POST", "/v1/accounts", {"currency": "USD", "metadata": {"k": "\u0000"}},

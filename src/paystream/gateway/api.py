@@ -451,14 +451,28 @@ def install_routes(app: FastAPI, gateway: Gateway) -> None:
     app.add_api_route("/v1/clients", create_client, methods=["POST"], include_in_schema=False)
     app.add_api_route("/v1/users", create_user, methods=["POST"], include_in_schema=False)
     app.add_api_route("/v1/cards", create_card, methods=["POST"], include_in_schema=False)
+    # One route per path, whatever its methods: a request with another method then gets a
+    # 405 whose Allow names all of them (with a route per method, only the first one's).
+    by_path: dict[str, dict[str, Route]] = {}
     for route in ROUTES:
-        app.add_api_route(
-            route.path, _endpoint(gateway, route), methods=[route.method],
-            include_in_schema=False, name=f"{route.method} {route.path}",
-        )
+        by_path.setdefault(route.path, {})[route.method] = route
+    for path, routes in by_path.items():
+        handlers = {method: _endpoint(gateway, route) for method, route in routes.items()}
+        app.add_api_route(path, _by_method(handlers), methods=sorted(routes), include_in_schema=False,
+                          name=path)
 
 
-def _endpoint(gateway: Gateway, route: Route) -> Callable[[Request], Awaitable[Response]]:
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
+    async def dispatch(request: Request) -> Response:
+        return await handlers[request.method](request)
+
+    return dispatch
+
+
+def _endpoint(gateway: Gateway, route: Route) -> Handler:
     if route.method == "GET":
         async def read(request: Request) -> Response:
             return await gateway.handle(route, request)
