@@ -50,6 +50,10 @@ from paystream.platform.internal import InternalClient
 from paystream.platform.observability import bound, get_logger
 
 log = get_logger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+"""A route's endpoint: a request in, a response out."""
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -187,7 +191,7 @@ class Gateway:
     # -- audit ---------------------------------------------------------------------------
 
     async def audited(
-        self, action: str, request: Request, call: Callable[[Request], Awaitable[Response]]
+        self, action: str, request: Request, call: Handler
     ) -> Response:
         """Run a state-changing request and append its audit record, whatever the outcome."""
         status, response = 500, None
@@ -460,9 +464,6 @@ def install_routes(app: FastAPI, gateway: Gateway) -> None:
         handlers = {method: _endpoint(gateway, route) for method, route in routes.items()}
         app.add_api_route(path, _by_method(handlers), methods=sorted(routes), include_in_schema=False,
                           name=path)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _by_method(handlers: dict[str, Handler]) -> Handler:
