@@ -29,8 +29,9 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
-from tests.benchmarks.bench_ledger import postgres
+from tests.benchmarks.server import postgres
 
+SCHEMA = "bench_floor"
 SETUP = """
 CREATE TABLE accounts (id text PRIMARY KEY, balance bigint NOT NULL);
 CREATE TABLE entries (id bigserial PRIMARY KEY, account_id text NOT NULL, amount bigint NOT NULL);
@@ -70,14 +71,25 @@ async def run(pool: asyncpg.Pool, accounts: list[str], transfers: int, per_tx: i
     return transfers / (time.perf_counter() - started)
 
 
+async def floor_pool(url: str, accounts: int, size: int) -> tuple[asyncpg.Pool, list[str]]:
+    """A schema of its own with ``accounts`` accounts, and a pool of ``size`` that works in it."""
+    setup = await asyncpg.connect(url)
+    try:
+        await setup.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}; "
+                            f"SET search_path = {SCHEMA}; {SETUP}")
+        ids = [f"acc_{i:08d}" for i in range(accounts)]
+        await setup.execute("INSERT INTO accounts SELECT unnest($1::text[]), 1000000000", ids)
+        await setup.execute("VACUUM ANALYZE accounts, entries")
+    finally:
+        await setup.close()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=size, server_settings={"search_path": SCHEMA})
+    return pool, ids
+
+
 async def measure(url: str, args: argparse.Namespace) -> None:
     rng = random.Random(1)
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=args.concurrency)
+    pool, accounts = await floor_pool(url, args.accounts, args.concurrency)
     try:
-        await pool.execute(SETUP)
-        accounts = [f"acc_{i:08d}" for i in range(args.accounts)]
-        await pool.execute("INSERT INTO accounts SELECT unnest($1::text[]), 1000000000", accounts)
-        await pool.execute("VACUUM ANALYZE")
         for name, transfers, per_tx, conns, one in (
             ("single", 5_000, 1, args.concurrency, False),
             ("single-1rt", 5_000, 1, args.concurrency, True),

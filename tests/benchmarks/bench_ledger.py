@@ -28,6 +28,15 @@ the bus and acking, and the outbox relay (outbox rows are deleted between runs, 
 the clock, as the relay would). PostgreSQL runs with its defaults for durability
 (fsync and synchronous_commit on).
 
+Before each run it measures the floor under it (``bench_floor``): bare PostgreSQL doing
+the same number of transfers in the same shape (per transaction, connections) on the same
+server, with two balance updates and two entry inserts per transfer and nothing else
+(between random accounts, for the hot scenarios too). The
+table gives each scenario's floor median and its share of the floor (the median of each
+run's rate over the floor run just before it). This machine's speed moves by up to 2x
+between days and 30 % within an hour; the share moves much less, so it is the figure to
+compare across machines. ``--no-floor`` skips it.
+
 After each run the benchmark checks that every transfer was posted (no rejections), that
 the run wrote one transfer, two entries, one inbox row and one outbox row per transfer,
 that debits equal credits over all accounts, and (when the ledger has its hash chain)
@@ -41,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -53,7 +61,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,9 +82,8 @@ from paystream.platform.ids import new_id
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.observability import configure_logging
 from paystream.platform.outbox import Outbox
-from paystream.stack.ports import free_port
-from paystream.stack.process import Supervisor
-from paystream.stack.servers import Postgres
+from tests.benchmarks import bench_floor
+from tests.benchmarks.server import postgres
 
 TENANT = "ten_bench"
 CURRENCY = "EUR"
@@ -95,22 +102,18 @@ class Scenario:
     hot: bool
     transfers: int
     runs: list[float] = field(default_factory=list)
+    floor_runs: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         return statistics.median(self.runs)
 
-
-@contextlib.asynccontextmanager
-async def postgres(home: Path) -> AsyncIterator[str]:
-    """A real PostgreSQL on a free port under ``home``; yields the superuser URL."""
-    server = Postgres(home / "postgres" / "data", free_port(), secrets.token_hex(16))
-    supervisor = Supervisor(home / "logs", lambda message: print(f"[supervisor] {message}", file=sys.stderr))
-    try:
-        await supervisor.start(server.spec)
-        yield server.admin_url()
-    finally:
-        await supervisor.stop([[server.spec.name]])
+    @property
+    def share_of_floor(self) -> float | None:
+        """The median of each run's rate over the floor's run just before it."""
+        if not self.floor_runs:
+            return None
+        return statistics.median(r / f for r, f in zip(self.runs, self.floor_runs, strict=True))
 
 
 def approved(order: PaymentOrder) -> Envelope:
@@ -210,7 +213,8 @@ async def bench_on(url: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         await migrate(admin, service="ledger", schema=SCHEMA, password=password)
         await admin.execute(f"SET search_path = {SCHEMA}")
-        return await bench_as_role(admin, as_role(url, role_name(SCHEMA), password), rng, args)
+        return await bench_as_role(admin, as_role(url, role_name(SCHEMA), password), rng, args,
+                                   floor_url=url if args.floor else None)
     finally:
         await admin.close()
 
@@ -222,10 +226,13 @@ def as_role(url: str, role: str, password: str) -> str:
 
 
 async def bench_as_role(admin: asyncpg.Connection, role_url: str, rng: random.Random,
-                        args: argparse.Namespace) -> dict[str, Any]:
-    pool = await create_pool(role_url, min_size=1, max_size=max(args.concurrency, args.batch_concurrency) + 1,
-                             application_name="paystream-bench")
+                        args: argparse.Namespace, floor_url: str | None = None) -> dict[str, Any]:
+    conns = max(args.concurrency, args.batch_concurrency)
+    pool = await create_pool(role_url, min_size=1, max_size=conns + 1, application_name="paystream-bench")
+    floor: tuple[asyncpg.Pool, list[str]] | None = None
     try:
+        if floor_url is not None:
+            floor = await bench_floor.floor_pool(floor_url, args.accounts, conns)
         store = LedgerStore()
         handlers = LedgerHandlers(store, Outbox(args.partitions))
         consumer = EventConsumer(spec=LEDGER_CONSUMER, bus=None, pool=pool,  # type: ignore[arg-type]
@@ -263,6 +270,11 @@ async def bench_as_role(admin: asyncpg.Connection, role_url: str, rng: random.Ra
         scenarios = {name: s for name, s in scenarios.items() if name in args.scenarios}
         for scenario in scenarios.values():
             for run in range(args.runs):
+                if floor is not None:  # the floor, the same shape of work, just before each run
+                    floor_rate = await bench_floor.run(floor[0], floor[1], scenario.transfers,
+                                                       scenario.per_transaction, scenario.concurrency, rng)
+                    scenario.floor_runs.append(floor_rate)
+                    print(f"{'floor':12} run {run + 1}: {floor_rate:,.0f}/s", file=sys.stderr)
                 envelopes = transfer_orders(rng, accounts, scenario.transfers, merchant if scenario.hot else None)
                 async with pool.acquire() as conn:
                     before = await counts(conn)
@@ -278,6 +290,8 @@ async def bench_as_role(admin: asyncpg.Connection, role_url: str, rng: random.Ra
             totals = await counts(conn)
     finally:
         await pool.close()
+        if floor is not None:
+            await floor[0].close()
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -297,6 +311,11 @@ async def bench_as_role(admin: asyncpg.Connection, role_url: str, rng: random.Ra
                 "transfers_per_run": s.transfers,
                 "runs_per_second": [round(r, 1) for r in s.runs],
                 "median_per_second": round(s.median, 1),
+                **({
+                    "floor_runs_per_second": [round(r, 1) for r in s.floor_runs],
+                    "floor_median_per_second": round(statistics.median(s.floor_runs), 1),
+                    "share_of_floor": round(s.share_of_floor, 4),
+                } if s.share_of_floor is not None else {}),
             }
             for name, s in scenarios.items()
         },
@@ -305,11 +324,15 @@ async def bench_as_role(admin: asyncpg.Connection, role_url: str, rng: random.Ra
 
 def table(result: dict[str, Any]) -> str:
     runs = max(len(s["runs_per_second"]) for s in result["scenarios"].values())
-    head = ["scenario", "per tx", "conns", "transfers/run", *[f"run {i + 1}" for i in range(runs)], "median"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|" + "---:|" * (runs + 1)]
+    floor = all("share_of_floor" in s for s in result["scenarios"].values())
+    head = ["scenario", "per tx", "conns", "transfers/run", *[f"run {i + 1}" for i in range(runs)], "median",
+            *(["floor median", "share of floor"] if floor else [])]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|" + "---:|" * (len(head) - 4)]
     for name, s in result["scenarios"].items():
         cells = [name, str(s["transfers_per_transaction"]), str(s["concurrency"]), f"{s['transfers_per_run']:,}",
                  *[f"{r:,.0f}" for r in s["runs_per_second"]], f"**{s['median_per_second']:,.0f}**"]
+        if floor:
+            cells += [f"{s['floor_median_per_second']:,.0f}", f"{s['share_of_floor']:.1%}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -329,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS),
                         help="which scenarios to run (all by default)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the bare-PostgreSQL floor run (bench_floor) before each run")
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
