@@ -231,6 +231,9 @@ async def bench_as_role(admin: asyncpg.Connection, role_url: str, rng: random.Ra
     conns = max(args.concurrency, args.batch_concurrency)
     pool = await create_pool(role_url, min_size=1, max_size=conns + 1, application_name="paystream-bench")
     floor: tuple[asyncpg.Pool, list[str]] | None = None
+    # The floor draws from a random source of its own, so the ledger posts the same transfers
+    # with it or without it (--no-floor).
+    floor_rng = random.Random(args.seed + 1)
     try:
         if floor_url is not None:
             floor = await bench_floor.floor_pool(floor_url, args.accounts, conns)
@@ -273,7 +276,8 @@ async def bench_as_role(admin: asyncpg.Connection, role_url: str, rng: random.Ra
             for run in range(args.runs):
                 if floor is not None:  # the floor, the same shape of work, just before each run
                     floor_rate = await bench_floor.run(floor[0], floor[1], scenario.transfers,
-                                                       scenario.per_transaction, scenario.concurrency, rng)
+                                                       scenario.per_transaction, scenario.concurrency,
+                                                       floor_rng)
                     scenario.floor_runs.append(floor_rate)
                     print(f"{'floor':12} run {run + 1}: {floor_rate:,.0f}/s", file=sys.stderr)
                 envelopes = transfer_orders(rng, accounts, scenario.transfers, merchant if scenario.hot else None)

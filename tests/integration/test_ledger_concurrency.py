@@ -11,7 +11,9 @@ transfers), no account is below zero, and `paystream ledger verify` passes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +41,22 @@ async def _wallets(conn: asyncpg.Connection, n: int, *, overdraft: bool = False)
         ))["id"])
         for _ in range(n)
     ]
+
+
+async def _bank_and_merchant(pool: asyncpg.Pool) -> tuple[str, str]:
+    """A wallet allowed to overdraw (the payer) and one that is not (the merchant)."""
+    async with pool.acquire() as conn:
+        (bank,) = await _wallets(conn, 1, overdraft=True)
+        (merchant,) = await _wallets(conn, 1)
+    return bank, merchant
+
+
+@contextlib.asynccontextmanager
+async def _row_held(pool: asyncpg.Pool, account_id: str) -> AsyncIterator[None]:
+    """Another transaction holds the account's row (say, a long debit) for the block."""
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account_id)
+        yield
 
 
 def _body(ref: str, debit: str, credit: str, amount: int, *, pending: bool = False) -> TransferCreate:
@@ -132,11 +150,8 @@ async def test_paying_into_an_account_does_not_wait_for_its_row_lock(make_schema
     still post at once (as balance deltas), and the merchant's balance counts them."""
     db = await make_schema("ledger", max_size=6)
     service = TransferService(db.pool, LedgerStore())
-    async with db.pool.acquire() as conn:
-        (bank,) = await _wallets(conn, 1, overdraft=True)
-        (merchant,) = await _wallets(conn, 1)
-    async with db.pool.acquire() as blocker, blocker.transaction():
-        await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", merchant)
+    bank, merchant = await _bank_and_merchant(db.pool)
+    async with _row_held(db.pool, merchant):
         for n in range(3):
             await asyncio.wait_for(service.create(TENANT, _body(f"in-{n}", bank, merchant, 100)), 5)
         # The merchant paying out would need the lock: it waits until the blocker ends.
@@ -155,11 +170,8 @@ async def test_a_credit_to_a_free_row_is_written_in_place_and_folds_its_deltas(m
     waiting) and writes the total in place, folding in the deltas it had collected."""
     db = await make_schema("ledger", max_size=4)
     service = TransferService(db.pool, LedgerStore())
-    async with db.pool.acquire() as conn:
-        (bank,) = await _wallets(conn, 1, overdraft=True)
-        (merchant,) = await _wallets(conn, 1)
-    async with db.pool.acquire() as blocker, blocker.transaction():
-        await blocker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", merchant)
+    bank, merchant = await _bank_and_merchant(db.pool)
+    async with _row_held(db.pool, merchant):
         await asyncio.wait_for(service.create(TENANT, _body("held-1", bank, merchant, 100)), 5)
     assert await db.pool.fetchval("SELECT count(*) FROM balance_deltas WHERE account_id = $1", merchant) == 1
 
