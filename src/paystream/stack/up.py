@@ -32,6 +32,7 @@ from paystream.platform.crypto import FileKeyring
 from paystream.platform.migrations import SERVICES, migrate, role_name
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import configure_logging
+from paystream.stack.place import PlaceError, purge
 from paystream.stack.ports import choose_port
 from paystream.stack.process import ProcessSpec, StartFailed, Supervisor
 from paystream.stack.servers import Nats, Postgres, Redis
@@ -203,9 +204,10 @@ class Stack:
         (self.home / "up.pid").write_text(str(os.getpid()))
         secrets_ = load_secrets(self.home)
         ports = self._ports()
-        pg = Postgres(self.home / "postgres" / "data", ports["postgres"], secrets_["postgres_password"])
+        pg = Postgres(self.home, ports["postgres"], secrets_["postgres_password"])
         nats = Nats(self.home / "nats", ports["nats"])
         redis = Redis(self.home / "redis", ports["redis"])
+        await asyncio.to_thread(pg.place.prepare)  # a place PostgreSQL cannot use fails here, alone
         self.say("starting PostgreSQL, NATS JetStream and Redis …")
         await self.supervisor.start(pg.spec, nats.spec, redis.spec)
         self.say(f"servers ready: postgres :{ports['postgres']}, nats :{ports['nats']}, redis :{ports['redis']}")
@@ -260,6 +262,8 @@ class Stack:
             "home": str(self.home),
             "started_at": datetime.now(UTC).isoformat(),
             "ca_file": str(tls.ca_cert) if tls is not None else None,
+            # What the servers need outside the home (see stack/place.py); `down --purge` removes it.
+            "outside_home": [pg.place.record()] if pg.place.outside is not None else [],
         }
         _write_private(self.home / "stack.json", self.info)
         self.say(f"[bold green]paystream is up[/bold green]: {urls['gateway']}  "
@@ -305,7 +309,7 @@ async def run_up(options: UpOptions, console: Console) -> int:
         error = starting.exception()
         if error is not None:
             stack.say(f"[bold red]cannot start:[/bold red] {error}")
-            code = 1
+            code = 2 if isinstance(error, PlaceError) else 1
         else:
             if options.demo:
                 demo = asyncio.create_task(_run_demo(stack, options.demo_args))
@@ -340,3 +344,17 @@ def stop_running(home: Path, timeout: float = 120.0) -> str:
     except psutil.TimeoutExpired:
         return f"the stack (pid {pid}) is still stopping after {timeout:.0f}s"
     return f"stopped the stack from {home}"
+
+
+def purge_home(home: Path) -> str:
+    """`paystream down --purge`: stop the stack, then remove its home and what it made outside it."""
+    home = home.resolve()
+    if not home.exists():
+        return f"nothing to purge: {home} does not exist"
+    if not (home / "secrets.json").exists():
+        raise UpError(f"{home} is not a paystream home (it has no secrets.json); nothing was removed")
+    said = stop_running(home)
+    if "still stopping" in said:
+        raise UpError(said + "; nothing was removed")
+    removed = purge(home)
+    return f"{said}; removed " + ", ".join(str(path) for path in removed)

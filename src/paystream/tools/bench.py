@@ -143,13 +143,15 @@ async def run_bench_on_fresh_stack(
 ) -> bool:
     """Start a stack of its own on free ports in a temporary home, bench it, stop it."""
     import asyncio
-    import shutil
     import signal
     import subprocess
     import sys
     import tempfile
 
+    from paystream.stack.place import purge
+
     home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
+    keep = False
     log = open(home / "up.out", "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "paystream", "up", "--home", str(home), "--auto-ports",
@@ -160,7 +162,12 @@ async def run_bench_on_fresh_stack(
         deadline = time.monotonic() + 180
         while not (home / "stack.json").exists():
             if process.poll() is not None or time.monotonic() > deadline:
-                console.print(f"[red]the stack did not start; see {home / 'up.out'}[/red]")
+                keep = True  # the log it points to stays, with the servers' logs beside it
+                log.flush()
+                tail = (home / "up.out").read_text(errors="replace").splitlines()[-15:]
+                console.print("\n".join(tail), markup=False, highlight=False)
+                console.print(f"[red]the stack did not start; see {home / 'up.out'} and {home / 'logs'}; "
+                              f"`paystream down --purge --home {home}` removes them[/red]")
                 return False
             await asyncio.sleep(0.2)
         return await run_bench(home, payments=payments, concurrency=concurrency,
@@ -173,4 +180,5 @@ async def run_bench_on_fresh_stack(
             except subprocess.TimeoutExpired:
                 process.kill()
         log.close()
-        shutil.rmtree(home, ignore_errors=True)
+        if not keep:
+            purge(home)
