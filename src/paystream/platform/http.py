@@ -167,6 +167,7 @@ def install_operations_routes(
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> Response:
         reasons = [reason for check in readiness if (reason := await check())]
+        metrics.ready.set(0 if reasons else 1)
         if reasons:
             return problem(503, "not_ready", "Not ready", "; ".join(reasons))
         return JSONResponse({"status": "ready", "service": metrics.service})

@@ -158,7 +158,17 @@ class Metrics:
         self.bulkhead_in_use = Gauge(
             "paystream_bulkhead_in_use", "Calls holding a bulkhead slot", ["name"], registry=r
         )
+        self.bulkhead_capacity = Gauge(
+            "paystream_bulkhead_capacity", "Bulkhead slots in all", ["name"], registry=r
+        )
         self.bulkhead_rejected = Counter(
             "paystream_bulkhead_rejected_total", "Calls refused by a full bulkhead", ["name"],
             registry=r,
+        )
+        self.ready = Gauge(
+            "paystream_ready", "1 when the last /readyz check passed, 0 when it failed", registry=r
+        )
+        self.screening_deadline = Counter(
+            "paystream_screening_deadline_total",
+            "Payments whose fraud screening did not answer by its deadline", registry=r,
         )

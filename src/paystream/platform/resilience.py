@@ -5,6 +5,15 @@ our own pools. So every such call goes through a `Guard`: a bulkhead bounds how 
 calls wait on the dependency at once (refusing the rest quickly), a timeout bounds
 each call, and a circuit breaker opens when too many recent calls failed or were
 slow, sheds load while open, and lets a few probes through when half-open.
+
+By default a call counts as slow exactly when it took its whole timeout: a call that
+would have timed out is the one a caller would retry, and retries are what turn a
+slow dependency into an overloaded one. `GuardPolicy.slow_call_seconds` overrides this
+for a breaker that should open on slowness before calls time out.
+
+With `Metrics`, each guard exports its breaker state and its bulkhead's slots in use,
+capacity and refusals, labelled with the guard's name; `Guard.busy_share` gives the
+same in-use share to readiness checks.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ class GuardPolicy:
     window: int = 50  # calls remembered by the breaker
     min_calls: int = 10  # calls in the window before the breaker may open
     failure_rate: float = 0.5  # share of failed calls that opens the breaker
-    slow_call_seconds: float = 0.5  # a call slower than this counts as slow
+    slow_call_seconds: float | None = None  # a call at least this slow counts as slow; None: its timeout
     slow_call_rate: float = 0.8  # share of slow calls that opens the breaker
     open_seconds: float = 5.0  # how long the breaker stays open before probing
     half_open_probes: int = 3  # successful probes needed to close again
@@ -80,6 +89,8 @@ class Guard:
         self._opened_at = 0.0
         self._probes_ok = 0
         self._probes_in_flight = 0
+        if metrics:
+            metrics.bulkhead_capacity.labels(name).set(self.policy.max_concurrent)
         self._report()
 
     @property
@@ -92,6 +103,11 @@ class Guard:
     def saturated(self) -> bool:
         """True when every bulkhead slot is taken."""
         return self._in_use >= self.policy.max_concurrent
+
+    @property
+    def busy_share(self) -> float:
+        """The share of bulkhead slots taken, 0.0 (idle) to 1.0 (saturated)."""
+        return self._in_use / self.policy.max_concurrent
 
     def _report(self) -> None:
         if self._metrics:
@@ -156,6 +172,7 @@ class Guard:
         self._report()
         started = self._clock()
         budget = timeout if timeout is not None else self.policy.timeout
+        slow_after = self.policy.slow_call_seconds if self.policy.slow_call_seconds is not None else budget
         try:
             result = await asyncio.wait_for(fn(), timeout=budget)
         except TimeoutError:
@@ -168,5 +185,5 @@ class Guard:
             self._in_use -= 1
             self._slots.release()
             self._report()
-        self._record(failed=False, slow=self._clock() - started >= self.policy.slow_call_seconds)
+        self._record(failed=False, slow=self._clock() - started >= slow_after)
         return result
