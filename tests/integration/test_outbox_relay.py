@@ -151,3 +151,37 @@ async def test_a_commit_wakes_the_idle_relay_through_notify(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_while_one_copy_relays_another_skips_its_round(
+    db: Any, nats_bus: Any, bus_names: Any, stream: str, jetstream: Any
+) -> None:
+    channel = f"{db.schema}_outbox"
+    await _add(db, [_envelope(bus_names, n) for n in range(3)])
+    async with db.pool.acquire() as conn, conn.transaction():
+        # What a relaying copy holds for the length of its round.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", channel)
+        assert await OutboxRelay(db.pool, nats_bus, channel=channel).relay_once() == 0
+        assert await _stream_messages(jetstream, stream) == 0
+    assert await OutboxRelay(db.pool, nats_bus, channel=channel).relay_once() == 3
+
+
+async def test_copies_relaying_side_by_side_publish_in_outbox_order(
+    db: Any, nats_bus: Any, bus_names: Any, stream: str, jetstream: Any
+) -> None:
+    envelopes = [_envelope(bus_names, n % 3) for n in range(600)]
+    for start in range(0, len(envelopes), 50):
+        await _add(db, envelopes[start:start + 50])
+    channel = f"{db.schema}_outbox"
+    relays = [OutboxRelay(db.pool, nats_bus, channel=channel, batch_size=7) for _ in range(3)]
+
+    async def drain(relay: OutboxRelay) -> None:
+        while await _outbox_rows(db):
+            await relay.relay_once()
+
+    await asyncio.gather(*(drain(relay) for relay in relays))
+    sub = await jetstream.pull_subscribe(bus_names.subject(">"), stream=stream)
+    published: list[str] = []
+    while len(published) < len(envelopes):
+        published += [decode(m.data).id for m in await sub.fetch(100, timeout=5)]
+    assert published == [e.id for e in envelopes]

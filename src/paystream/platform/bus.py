@@ -48,6 +48,19 @@ class Subscription(Protocol):
         """Messages not yet acknowledged (the consumer's lag)."""
         ...
 
+    async def close(self) -> None:
+        """Stop pulling; what was fetched and not settled is redelivered later."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """Where a durable stands: ``pending`` not yet delivered or not yet acknowledged,
+    ``in_flight`` delivered and not yet settled (by whoever fetched it)."""
+
+    pending: int
+    in_flight: int
+
 
 class Bus(Protocol):
     """Publish and subscribe. Errors surface as `TransientError`."""
@@ -62,6 +75,13 @@ class Bus(Protocol):
         ...
 
     async def subscribe(self, consumer: ConsumerSpec) -> Subscription: ...
+
+    async def consumer_state(self, consumer: ConsumerSpec) -> ConsumerState: ...
+
+    async def redeliver_in_flight(self, consumer: ConsumerSpec) -> None:
+        """Make every delivered, unsettled message of ``consumer`` due again now, in stream
+        order: a partition's new owner calls it when the old owner died holding messages."""
+        ...
 
     async def ensure_topology(
         self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec]

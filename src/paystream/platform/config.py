@@ -37,8 +37,12 @@ class Settings(BaseSettings):
     # Base URLs of the other services, by name, e.g. {"payments": "http://127.0.0.1:8402"}.
     service_urls: dict[str, str] = Field(default_factory=dict)
 
-    # Bus topology.
+    # Bus topology. Each consumer's stream is split in ``partitions`` (by account); a copy
+    # of a service consumes the partitions it holds the lease of (platform/leases.py).
     partitions: int = 8
+    # This process is copy ``copy_index`` of ``copies`` of its service (`paystream up --scale`).
+    copy_index: int = 1
+    copies: int = 1
     consumer_batch: int = 256
     stream_replicas: int = 1
 

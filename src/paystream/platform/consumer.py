@@ -7,6 +7,11 @@ Delivery is at least once; effects happen once. For each fetched batch:
    NOTHING``) and hand only the ids that were new to the handler, in delivery order;
 3. commit, then ``ack`` every message of the batch.
 
+With several copies of a service, each partition's durable is consumed by the copy that
+holds its lease (`paystream.platform.leases`, run by `PartitionedConsumer`): the
+transaction of step 2 begins with the lease's fence, so a copy that lost the partition
+commits nothing and hands the batch back at once.
+
 Errors are mapped mechanically: a transient error (lost connection, deadlock, timeout)
 ``nak``s the batch with a growing delay; any other error re-runs the batch one message
 at a time so a single bad message cannot hold the others back, and a message that keeps
@@ -16,6 +21,7 @@ failing that way is dead-lettered and terminated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -23,15 +29,17 @@ import asyncpg
 import msgspec
 
 from paystream.contracts.envelope import Envelope, decode
-from paystream.contracts.topology import ConsumerSpec
+from paystream.contracts.topology import ConsumerSpec, partition_consumer
 from paystream.platform.bus import Bus, Delivery, Subscription
 from paystream.platform.db import is_transient
 from paystream.platform.errors import PoisonMessage
+from paystream.platform.leases import LEASE_SECONDS, LeaseLost, PartitionLease, PartitionLeases
 from paystream.platform.observability import Metrics, get_logger, held_until_commit
 
 log = get_logger(__name__)
 
 Handler = Callable[[asyncpg.Connection, list[Envelope]], Awaitable[None]]
+Fence = Callable[[asyncpg.Connection], Awaitable[None]]
 
 # A message that fails with a non-transient error this many times goes to the DLQ.
 MAX_FAILED_ATTEMPTS = 5
@@ -54,6 +62,7 @@ class EventConsumer:
         metrics: Metrics | None = None,
         batch: int = 256,
         fetch_timeout: float = 1.0,
+        lease: PartitionLease | None = None,
     ) -> None:
         self.spec = spec
         self._bus = bus
@@ -62,52 +71,73 @@ class EventConsumer:
         self._metrics = metrics
         self._batch = batch
         self._fetch_timeout = fetch_timeout
+        self._lease = lease
         self._subscription: Subscription | None = None
         self.busy = False
         self.bound = False
 
     @property
     def name(self) -> str:
-        return self.spec.durable
+        """The inbox name: the logical consumer, the same for each of its partitions."""
+        return self.spec.inbox
+
+    def _may_fetch(self) -> bool:
+        return self._lease is None or self._lease.valid
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set; the batch in hand is always finished first."""
         attempt = 0
-        last_lag = 0.0
-        while not stopping.is_set():
-            try:
-                if self._subscription is None:
-                    self._subscription = await self._bus.subscribe(self.spec)
-                    self.bound = True
-                    log.info("consumer_bound", consumer=self.name)
-                deliveries = await self._subscription.fetch(self._batch, self._fetch_timeout)
-                attempt = 0
-            except Exception as exc:
-                attempt += 1
-                log.warning("consumer_fetch_failed", consumer=self.name, error=repr(exc))
-                await asyncio.sleep(_backoff(attempt))
-                continue
-            if deliveries:
-                self.busy = True
+        try:
+            while not stopping.is_set():
+                if not self._may_fetch():
+                    # The lease was not renewed in time: another copy may own the partition soon.
+                    await asyncio.sleep(0.1)
+                    continue
                 try:
-                    await self.process(deliveries)
+                    if self._subscription is None:
+                        self._subscription = await self._bus.subscribe(self.spec)
+                        self.bound = True
+                        log.info("consumer_bound", consumer=self.spec.durable)
+                    deliveries = await self._subscription.fetch(self._batch, self._fetch_timeout)
+                    attempt = 0
                 except Exception as exc:
-                    # Nothing unsettled is lost: the broker redelivers after ack_wait and the
-                    # inbox makes that harmless. The consumer itself must keep running.
                     attempt += 1
-                    log.error("consumer_batch_failed", consumer=self.name, error=repr(exc))
+                    log.warning("consumer_fetch_failed", consumer=self.spec.durable, error=repr(exc))
                     await asyncio.sleep(_backoff(attempt))
-                finally:
-                    self.busy = False
-            now = time.monotonic()
-            if self._metrics and now - last_lag > 5.0:
-                last_lag = now
-                try:
-                    self._metrics.consumer_lag.labels(self.name).set(
-                        await self._subscription.pending()
-                    )
-                except Exception as exc:
-                    log.warning("consumer_lag_failed", consumer=self.name, error=repr(exc))
+                    continue
+                if deliveries and not self._may_fetch():
+                    await self._hand_back(deliveries)
+                    continue
+                if deliveries:
+                    attempt = await self._run_batch(deliveries, attempt)
+        finally:
+            if self._subscription is not None:
+                with contextlib.suppress(Exception):
+                    await self._subscription.close()
+                self._subscription = None
+                self.bound = False
+
+    async def _run_batch(self, deliveries: Sequence[Delivery], attempt: int) -> int:
+        """Process one batch; returns the failure count the fetch loop backs off by."""
+        self.busy = True
+        try:
+            await self.process(deliveries)
+        except Exception as exc:
+            # Nothing unsettled is lost: the broker redelivers after ack_wait and the
+            # inbox makes that harmless. The consumer itself must keep running.
+            attempt += 1
+            log.error("consumer_batch_failed", consumer=self.name, error=repr(exc))
+            await asyncio.sleep(_backoff(attempt))
+        finally:
+            self.busy = False
+        return attempt
+
+    async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Not ours to apply (the lease is gone or going): make them due again at once, so the
+        partition's next owner gets them in order."""
+        for delivery in deliveries:
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=0)
 
     async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Apply and settle one batch (public so tests can drive it directly)."""
@@ -122,6 +152,10 @@ class EventConsumer:
             return
         try:
             await self._apply([envelope for _, envelope in items])
+        except LeaseLost as exc:
+            log.warning("consumer_fenced", consumer=self.spec.durable, error=str(exc))
+            await self._hand_back([delivery for delivery, _ in items])
+            return
         except Exception as exc:
             if is_transient(exc):
                 log.warning("consumer_batch_retry", consumer=self.name, error=repr(exc))
@@ -138,6 +172,9 @@ class EventConsumer:
         for delivery, envelope in items:
             try:
                 await self._apply([envelope])
+            except LeaseLost:
+                await self._hand_back([d for d, _ in items[items.index((delivery, envelope)):]])
+                return
             except Exception as exc:
                 if is_transient(exc) or (
                     not isinstance(exc, PoisonMessage)
@@ -163,6 +200,8 @@ class EventConsumer:
         # The handlers' lines about what the batch did are written once it has committed.
         with held_until_commit():
             async with self._pool.acquire() as conn, conn.transaction():
+                if self._lease is not None:
+                    await self._lease.fence(conn)
                 rows = await conn.fetch(
                     "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[]) "
                     "ON CONFLICT DO NOTHING RETURNING event_id",
@@ -232,3 +271,142 @@ class EventConsumer:
         if self._metrics:
             self._metrics.dead_letters.labels(self.name).inc()
             self._metrics.events_consumed.labels(self.name, "dead_lettered").inc()
+
+
+# How long a partition's new owner waits for messages its old owner fetched and never
+# settled (a copy that died) before it makes them due again itself.
+HANDOVER_GRACE_SECONDS = 3.0
+LAG_REFRESH_SECONDS = 5.0
+
+
+class PartitionedConsumer:
+    """One logical consumer in one copy of a service: an `EventConsumer` for each partition
+    this copy holds the lease of, started and stopped as leases come and go."""
+
+    def __init__(
+        self,
+        *,
+        spec: ConsumerSpec,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        handler: Handler,
+        partitions: int,
+        member: str,
+        metrics: Metrics | None = None,
+        batch: int = 256,
+        tick_seconds: float = 1.0,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self.spec = spec
+        self._bus = bus
+        self._pool = pool
+        self._handler = handler
+        self._metrics = metrics
+        self._batch = batch
+        self._tick = tick_seconds
+        self._parts = [partition_consumer(spec, k) for k in range(partitions)]
+        self.leases = PartitionLeases(
+            pool, consumer=spec.durable, partitions=partitions, member=member,
+            lease_seconds=lease_seconds,
+        )
+        self._workers: dict[int, tuple[EventConsumer, asyncio.Event, asyncio.Task[None]]] = {}
+        self._ticked = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.durable
+
+    @property
+    def bound(self) -> bool:
+        """Leases taken at least once, and every partition held is being consumed."""
+        return self._ticked and all(worker.bound for worker, _, _ in self._workers.values())
+
+    @property
+    def busy(self) -> bool:
+        return any(worker.busy for worker, _, _ in self._workers.values())
+
+    @property
+    def partitions_held(self) -> list[int]:
+        return sorted(self._workers)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Hold a fair share of the partitions until ``stopping``; then give them back."""
+        last_lag = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while not stopping.is_set():
+                try:
+                    await self._round()
+                except Exception as exc:
+                    log.warning("lease_round_failed", consumer=self.name, error=repr(exc))
+                if self._metrics and loop.time() - last_lag >= LAG_REFRESH_SECONDS:
+                    last_lag = loop.time()
+                    await self._report_lag()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=self._tick)
+        finally:
+            await self._stop(list(self._workers))
+            try:
+                await self.leases.leave()
+            except Exception as exc:  # they expire by themselves
+                log.warning("lease_leave_failed", consumer=self.name, error=repr(exc))
+
+    async def _round(self) -> None:
+        changes = await self.leases.tick()
+        self._ticked = True
+        if changes.lost:
+            log.warning("partitions_lost", consumer=self.name, partitions=changes.lost)
+            await self._stop(changes.lost)
+        if changes.surplus:
+            await self._stop(changes.surplus)
+            await self.leases.release(changes.surplus)
+            log.info("partitions_released", consumer=self.name, partitions=changes.surplus)
+        for lease in changes.gained:
+            await self._start(lease)
+        if changes.gained:
+            log.info("partitions_taken", consumer=self.name, partitions=[g.partition for g in changes.gained],
+                     members=self.leases.members)
+        if self._metrics:
+            self._metrics.partitions_held.labels(self.name).set(len(self._workers))
+
+    async def _start(self, lease: PartitionLease) -> None:
+        spec = self._parts[lease.partition]
+        await self._take_over(spec)
+        worker = EventConsumer(
+            spec=spec, bus=self._bus, pool=self._pool, handler=self._handler,
+            metrics=self._metrics, batch=self._batch, lease=lease,
+        )
+        stop = asyncio.Event()
+        self._workers[lease.partition] = (worker, stop, asyncio.create_task(worker.run(stop)))
+
+    async def _take_over(self, spec: ConsumerSpec) -> None:
+        """Wait until nobody holds unsettled messages of the partition, or make them due again:
+        its events must be applied in their order, whoever fetched them before."""
+        deadline = time.monotonic() + HANDOVER_GRACE_SECONDS
+        while (await self._bus.consumer_state(spec)).in_flight:
+            if time.monotonic() >= deadline:
+                await self._bus.redeliver_in_flight(spec)
+                return
+            await asyncio.sleep(0.2)
+
+    async def _stop(self, partitions: list[int]) -> None:
+        """Stop the workers of ``partitions``; each finishes the batch in hand first."""
+        stopping = [self._workers.pop(p) for p in partitions if p in self._workers]
+        for _, stop, _ in stopping:
+            stop.set()
+        tasks = [task for _, _, task in stopping]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=40.0)
+            for task in pending:
+                task.cancel()
+
+    async def _report_lag(self) -> None:
+        """The whole consumer's lag, every partition's, whoever holds them: each copy reports
+        the same figure, so ``max`` over copies is the lag."""
+        assert self._metrics is not None
+        try:
+            states = [await self._bus.consumer_state(spec) for spec in self._parts]
+        except Exception as exc:
+            log.warning("consumer_lag_failed", consumer=self.name, error=repr(exc))
+            return
+        self._metrics.consumer_lag.labels(self.name).set(sum(s.pending for s in states))

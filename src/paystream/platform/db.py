@@ -63,7 +63,12 @@ async def create_pool(
     search_path: str | None = None,
 ) -> asyncpg.Pool:
     """A connection pool whose every query has ``timeout`` seconds to finish."""
-    server_settings = {"application_name": application_name}
+    # A session frozen inside a transaction (a stopped process, a lost peer) would hold
+    # its row locks, partition leases among them, for ever: the server ends it instead.
+    server_settings = {
+        "application_name": application_name,
+        "idle_in_transaction_session_timeout": "30s",
+    }
     if search_path:
         server_settings["search_path"] = search_path
     try:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from paystream.contracts.topology import ConsumerSpec, StreamSpec
-from paystream.platform.bus import Delivery, OutgoingMessage
+from paystream.platform.bus import ConsumerState, Delivery, OutgoingMessage
 from paystream.platform.errors import TransientError
 
 
@@ -148,6 +148,9 @@ class MemorySubscription:
         )
         return new + len(self._consumer.unacked)
 
+    async def close(self) -> None:
+        return None
+
 
 class MemoryBus:
     """The fake. ``fail_next_publish`` makes the next publish raise, as a broker outage would."""
@@ -198,6 +201,21 @@ class MemoryBus:
             self._streams.setdefault(spec.name, _Stream(spec))
         for consumer in consumers:
             self._consumers.setdefault(consumer.durable, _Consumer(consumer))
+
+    def _consumer(self, spec: ConsumerSpec) -> _Consumer:
+        if spec.durable not in self._consumers:
+            raise TransientError(f"no consumer {spec.durable}")
+        return self._consumers[spec.durable]
+
+    async def consumer_state(self, consumer: ConsumerSpec) -> ConsumerState:
+        state = self._consumer(consumer)
+        pending = await MemorySubscription(self, state).pending()
+        return ConsumerState(pending=pending, in_flight=len(state.unacked))
+
+    async def redeliver_in_flight(self, consumer: ConsumerSpec) -> None:
+        state = self._consumer(consumer)
+        state.redeliver = [(0.0, seq) for seq in sorted(state.unacked)]
+        self._wake()
 
     async def delete_consumer(self, consumer: ConsumerSpec) -> None:
         self._consumers.pop(consumer.durable, None)

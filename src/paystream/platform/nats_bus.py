@@ -20,7 +20,7 @@ from nats.js.api import (
 )
 
 from paystream.contracts.topology import ConsumerSpec, StreamSpec
-from paystream.platform.bus import Delivery, OutgoingMessage
+from paystream.platform.bus import ConsumerState, Delivery, OutgoingMessage
 from paystream.platform.errors import TransientError
 from paystream.platform.observability import get_logger
 
@@ -38,6 +38,22 @@ _NATS_ERRORS = (
     ConnectionError,
     OSError,
 )
+
+
+def _consumer_config(consumer: ConsumerSpec, *, start_after: int | None = None) -> ConsumerConfig:
+    """A durable pull consumer; ``start_after`` a stream sequence to begin after, else all."""
+    start: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
+    if start_after:
+        start = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": start_after + 1}
+    return ConsumerConfig(
+        durable_name=consumer.durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_SECONDS,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+        filter_subjects=list(consumer.filter_subjects),
+        **start,
+    )
 
 
 class NatsDelivery:
@@ -104,6 +120,12 @@ class NatsSubscription:
         except _NATS_ERRORS as exc:
             raise TransientError(f"consumer info failed: {exc!r}") from exc
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def close(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except _NATS_ERRORS:
+            pass
 
 
 class NatsBus:
@@ -179,6 +201,29 @@ class NatsBus:
         self._subscriptions.append(sub)
         return NatsSubscription(sub, self._js, consumer)
 
+    async def consumer_state(self, consumer: ConsumerSpec) -> ConsumerState:
+        try:
+            info = await self._js.consumer_info(consumer.stream, consumer.durable, timeout=2)
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"consumer info of {consumer.durable} failed: {exc!r}") from exc
+        # A nak-ed message waiting for its delay counts as in flight too: the new owner of a
+        # partition then resets the durable, which is harmless.
+        in_flight = int(info.num_ack_pending or 0)
+        return ConsumerState(pending=int(info.num_pending or 0) + in_flight, in_flight=in_flight)
+
+    async def redeliver_in_flight(self, consumer: ConsumerSpec) -> None:
+        # JetStream cannot take messages back from the client that fetched them before
+        # ack_wait. So the durable is made again, starting after its ack floor: what
+        # follows the floor comes again in stream order (the inbox drops what was applied).
+        try:
+            info = await self._js.consumer_info(consumer.stream, consumer.durable, timeout=2)
+            floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+            await self._js.delete_consumer(consumer.stream, consumer.durable)
+            await self._js.add_consumer(consumer.stream, _consumer_config(consumer, start_after=floor))
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"cannot reset {consumer.durable}: {exc!r}") from exc
+        log.warning("consumer_reset", consumer=consumer.durable, after_seq=floor)
+
     async def ensure_topology(
         self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec]
     ) -> None:
@@ -199,19 +244,26 @@ class NatsBus:
                     await self._js.update_stream(config)
                 except nats.js.errors.NotFoundError:
                     await self._js.add_stream(config)
+            replaced: set[tuple[str, str]] = set()
             for consumer in consumers:
-                await self._js.add_consumer(
-                    consumer.stream,
-                    ConsumerConfig(
-                        durable_name=consumer.durable,
-                        ack_policy=AckPolicy.EXPLICIT,
-                        deliver_policy=DeliverPolicy.ALL,
-                        ack_wait=ACK_WAIT_SECONDS,
-                        max_deliver=-1,
-                        max_ack_pending=20_000,
-                        filter_subjects=list(consumer.filter_subjects),
-                    ),
-                )
+                try:
+                    await self._js.consumer_info(consumer.stream, consumer.durable)
+                    continue
+                except nats.js.errors.NotFoundError:
+                    pass
+                start_after = None
+                if consumer.replaces is not None:
+                    # A home from before partitioned durables: go on where the old one stood.
+                    try:
+                        old = await self._js.consumer_info(consumer.stream, consumer.replaces)
+                        start_after = int(old.ack_floor.stream_seq or 0) if old.ack_floor else 0
+                        replaced.add((consumer.stream, consumer.replaces))
+                    except nats.js.errors.NotFoundError:
+                        pass
+                await self._js.add_consumer(consumer.stream, _consumer_config(consumer, start_after=start_after))
+            for stream_name, durable in replaced:
+                await self._js.delete_consumer(stream_name, durable)
+                log.info("consumer_replaced", consumer=durable)
         except _NATS_ERRORS as exc:
             raise TransientError(f"cannot provision streams: {exc!r}") from exc
 

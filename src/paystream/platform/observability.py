@@ -141,6 +141,10 @@ class Metrics:
             "paystream_consumer_lag", "Events waiting for a consumer (pending + unacked)",
             ["consumer"], registry=r,
         )
+        self.partitions_held = Gauge(
+            "paystream_partitions_held", "Partitions of a consumer this copy holds the lease of",
+            ["consumer"], registry=r,
+        )
         self.outbox_published = Counter(
             "paystream_outbox_published_total", "Outbox events published to the bus", registry=r
         )

@@ -1,10 +1,15 @@
 """Transactional outbox: events commit with the state change, a relay publishes them.
 
 `Outbox.add` writes envelopes inside the caller's transaction. `OutboxRelay` wakes on
-LISTEN/NOTIFY (with a short poll as a backstop), takes a batch of rows with
-``FOR UPDATE SKIP LOCKED`` (so several copies of a service can relay side by side),
+LISTEN/NOTIFY (with a short poll as a backstop), takes the oldest batch of rows,
 publishes them with the event id as the broker's de-duplication id, and deletes them
 only once the broker has confirmed every one.
+
+With several copies of a service, one relay at a time moves the outbox: a batch is taken
+under a transaction-scoped advisory lock named after the outbox, and a copy that does not
+get it skips the round. Two relays side by side could otherwise publish a later batch
+before an earlier one, and one account's events would reach the bus out of order. The
+relay is not the bottleneck (a round moves up to ``batch_size`` rows in one publish).
 """
 
 from __future__ import annotations
@@ -87,9 +92,10 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows it moved (0 when the outbox is empty)."""
         async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", self._channel):
+                return 0  # another copy is relaying
             rows = await conn.fetch(
-                "SELECT seq, event_id, subject, body FROM outbox "
-                "ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "SELECT seq, event_id, subject, body FROM outbox ORDER BY seq LIMIT $1",
                 self._batch_size,
             )
             if not rows:

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 
 from paystream.contracts.topology import consumers_of
 from paystream.platform.config import Settings, load_settings
-from paystream.platform.consumer import EventConsumer, Handler
+from paystream.platform.consumer import Handler, PartitionedConsumer
 from paystream.platform.db import create_pool, ping
 from paystream.platform.errors import TransientError
 from paystream.platform.http import (
@@ -34,6 +34,7 @@ from paystream.platform.http import (
     install_error_handlers,
     install_operations_routes,
 )
+from paystream.platform.leases import new_member_id
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import Metrics, configure_logging, get_logger
 from paystream.platform.outbox import Outbox, OutboxRelay
@@ -144,7 +145,7 @@ async def build_context(name: str, settings: Settings, needs: Needs) -> ServiceC
     )
 
 
-def _standard_readiness(ctx: ServiceContext, consumers: list[EventConsumer]) -> list[ReadinessCheck]:
+def _standard_readiness(ctx: ServiceContext, consumers: list[PartitionedConsumer]) -> list[ReadinessCheck]:
     checks: list[ReadinessCheck] = []
     if ctx.pool is not None:
         pool = ctx.pool
@@ -172,9 +173,11 @@ def _standard_readiness(ctx: ServiceContext, consumers: list[EventConsumer]) -> 
 
 def create_app(ctx: ServiceContext, parts: ServiceParts) -> FastAPI:
     """The service's ASGI app, with its lifespan running consumers, relay and workers."""
+    member = new_member_id(f"{ctx.name}-{ctx.settings.copy_index}")
     consumers = [
-        EventConsumer(
+        PartitionedConsumer(
             spec=spec, bus=ctx.bus, pool=ctx.db, handler=parts.handlers[spec.durable],  # type: ignore[arg-type]
+            partitions=ctx.settings.partitions, member=member,
             metrics=ctx.metrics, batch=ctx.settings.consumer_batch,
         )
         for spec in consumers_of(ctx.name)

@@ -25,9 +25,10 @@ import asyncpg
 import psutil
 from rich.console import Console
 
-from paystream.contracts.topology import CONSUMERS, STREAMS
+from paystream.contracts.topology import STREAMS, partitioned_consumers
 from paystream.gateway.domain import SCOPES
 from paystream.gateway.store import ClientStore
+from paystream.platform.config import load_settings
 from paystream.platform.crypto import FileKeyring
 from paystream.platform.migrations import SERVICES, migrate, role_name
 from paystream.platform.nats_bus import NatsBus
@@ -222,11 +223,12 @@ class Stack:
         finally:
             await conn.close()
         bus = await NatsBus.connect(nats.url)
+        durables = partitioned_consumers(load_settings().partitions)
         try:
-            await bus.ensure_topology(STREAMS, CONSUMERS)
+            await bus.ensure_topology(STREAMS, durables)
         finally:
             await bus.close()
-        self.say(f"streams and durable consumers provisioned ({len(STREAMS)} streams, {len(CONSUMERS)} consumers)")
+        self.say(f"streams and durable consumers provisioned ({len(STREAMS)} streams, {len(durables)} durables)")
 
         tls = ensure_local_tls(self.home) if self.options.tls else None
         keyring = self.home / "keyring.json"  # KEKs of the card vault, mode 0600
