@@ -52,15 +52,34 @@ def up(
         "--allow-local-webhooks",
         help="Let webhooks reach loopback and private addresses (development; implied by --demo).",
     )] = False,
+    scale: Annotated[str | None, typer.Option(
+        "--scale", envvar="PAYSTREAM_SCALE",
+        help="Copies per service, e.g. payments=3,fraud=2,gateway=2 (each one process; at most "
+        "as many as there are partitions for a service that consumes events).",
+    )] = None,
+    nats_cluster: Annotated[int, typer.Option(
+        "--nats-cluster", envvar="PAYSTREAM_NATS_CLUSTER",
+        help="Run NATS as a cluster of this many nodes (3 or 5) with streams on 3 of them; 1: one server.",
+    )] = 1,
 ) -> None:
     """Start PostgreSQL, NATS JetStream, Redis and every service; run until Ctrl-C."""
+    from paystream.platform.config import load_settings
+    from paystream.stack.scale import ScaleError, parse_scale
     from paystream.stack.up import UpError, UpOptions, run_up
 
+    try:
+        copies = parse_scale(scale, partitions=load_settings().partitions)
+    except ScaleError as exc:
+        console.print(f"[bold red]cannot start:[/bold red] {exc}")
+        raise typer.Exit(2) from None
+    if nats_cluster not in (1, 3, 5):
+        console.print(f"[bold red]cannot start:[/bold red] --nats-cluster takes 1, 3 or 5 nodes, not {nats_cluster}")
+        raise typer.Exit(2)
     options = UpOptions(
         home=home, auto_ports=auto_ports, ports=_parse_ports(port), demo=demo,
         demo_args=["--payments", str(demo_payments)],
         allow_local_webhooks=allow_local_webhooks or demo,
-        tls=tls,
+        tls=tls, scale=copies, nats_nodes=nats_cluster,
     )
     try:
         code = asyncio.run(run_up(options, console))

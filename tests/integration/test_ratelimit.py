@@ -80,6 +80,34 @@ async def test_without_redis_other_routes_keep_a_per_process_limit(unreachable_r
     assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
 
 
+async def test_without_redis_gateway_copies_together_allow_no_more_than_the_limit(
+    unreachable_redis: Any, uid: str
+) -> None:
+    copies = [
+        RateLimiter(unreachable_redis, {"money": Limit.parse("9/60s")}, fail_closed=frozenset(),
+                    prefix=uid, copies=3)
+        for _ in range(3)
+    ]
+    allowed = [sum([(await c.check("money", "client:f")).allowed for _ in range(9)]) for c in copies]
+    assert allowed == [3, 3, 3]
+
+
+async def test_gateway_copies_share_one_exact_limit_through_redis(redis_url: str, uid: str) -> None:
+    clients = [limiter_redis(redis_url, timeout=5.0) for _ in range(2)]
+    copies = [
+        RateLimiter(c, {"money": Limit.parse("40/60s")}, fail_closed=frozenset(), prefix=uid, copies=2)
+        for c in clients
+    ]
+    try:
+        decisions = await asyncio.gather(
+            *(copies[n % 2].check("money", "client:g") for n in range(200))
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert sum(d.allowed for d in decisions) == 40
+
+
 @pytest.mark.parametrize("text", ["", "10", "x/1s", "0/1s", "10/1d", "-1/1s"])
 def test_a_malformed_limit_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="rate limit"):

@@ -10,9 +10,11 @@ round trip, exact under any concurrency (Redis runs the script atomically), and 
 When Redis cannot answer in time (``redis_timeout``):
 
 * the token endpoint **fails closed**: no credential is checked without its limit (503);
-* every other route **degrades to a per-process limiter** with the same limits, so the
-  API stays up and still bounded per gateway process. Money moves correctly either
-  way: limits protect capacity, and correctness never depends on them.
+* every other route **degrades to a per-process limiter**, so the API stays up and still
+  bounded. With N gateway copies each allows ``ceil(count / N)`` of a limit, so together
+  they never allow more than the limit (a client whose connections all reach one copy
+  gets less). Money moves correctly either way: limits protect capacity, and
+  correctness never depends on them.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ class RateLimiter:
 
     def __init__(
         self, client: redis.Redis, limits: dict[str, Limit], *, fail_closed: frozenset[str],
-        prefix: str = "paystream:rl",
+        prefix: str = "paystream:rl", copies: int = 1,
     ) -> None:
         self._redis = client
         self._script = client.register_script(_GCRA)
@@ -137,6 +139,11 @@ class RateLimiter:
         self._fail_closed = fail_closed
         self._prefix = prefix
         self._local: dict[str, float] = {}  # fallback buckets: key -> TAT (µs)
+        # This copy's part of each limit while Redis is away.
+        self._local_limits = {
+            name: Limit(max(1, math.ceil(limit.count / copies)), limit.period)
+            for name, limit in limits.items()
+        }
         self._redis_down_until = 0.0
 
     def limit_of(self, route_class: str) -> Limit:
@@ -161,11 +168,12 @@ class RateLimiter:
                 self._redis_down_until = time.monotonic() + RETRY_REDIS_AFTER
             if route_class in self._fail_closed:
                 raise LimiterUnavailable(route_class) from exc
-            return self._check_locally(limit, keys, now, tolerance)
+            return self._check_locally(self._local_limits[route_class], keys, now)
         return Decision(bool(allowed), limit, int(remaining), int(reset) / 1e6, int(retry) / 1e6)
 
-    def _check_locally(self, limit: Limit, keys: list[str], now: int, tolerance: int) -> Decision:
+    def _check_locally(self, limit: Limit, keys: list[str], now: int) -> Decision:
         """The same GCRA, in this process only (Redis is unreachable)."""
+        tolerance = limit.interval_us * (limit.count - 1)
         new_tats = []
         remaining = limit.count
         for key in keys:

@@ -64,7 +64,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     limiter_redis = redis_client(settings.redis_url, timeout=settings.redis_timeout)
     limiter = RateLimiter(
         limiter_redis, {name: Limit.parse(text) for name, text in settings.rate_limits.items()},
-        fail_closed=frozenset({"auth"}),
+        fail_closed=frozenset({"auth"}), copies=settings.copies,
     )
     keyring_path = Path(settings.keyring_file) if settings.keyring_file else None
     vault = CardVault(FileKeyring.load(keyring_path)) if keyring_path or os.environ.get("PAYSTREAM_KEYRING") else None

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # This process's HTTP listener (public API for the gateway, internal + operations otherwise).
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # With several copies of a service, they share ``http_port`` (SO_REUSEPORT: the kernel
+    # spreads connections) and each also answers alone on ``own_port`` (readiness, metrics).
+    own_port: int | None = None
     # Shared secret the gateway presents to internal service routes.
     internal_token: SecretStr = SecretStr("")
     # Base URLs of the other services, by name, e.g. {"payments": "http://127.0.0.1:8402"}.
@@ -45,6 +48,9 @@ class Settings(BaseSettings):
     copies: int = 1
     consumer_batch: int = 256
     stream_replicas: int = 1
+
+    # /readyz answers 503 while a work pool (bulkhead) or the DB pool is busier than this.
+    saturation_share: float = 0.9
 
     # Timeouts (seconds) for every call that leaves the process.
     db_timeout: float = 10.0

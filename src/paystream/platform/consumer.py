@@ -296,6 +296,7 @@ class PartitionedConsumer:
         batch: int = 256,
         tick_seconds: float = 1.0,
         lease_seconds: float = LEASE_SECONDS,
+        lease_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.spec = spec
         self._bus = bus
@@ -306,10 +307,11 @@ class PartitionedConsumer:
         self._tick = tick_seconds
         self._parts = [partition_consumer(spec, k) for k in range(partitions)]
         self.leases = PartitionLeases(
-            pool, consumer=spec.durable, partitions=partitions, member=member,
+            lease_pool or pool, consumer=spec.durable, partitions=partitions, member=member,
             lease_seconds=lease_seconds,
         )
         self._workers: dict[int, tuple[EventConsumer, asyncio.Event, asyncio.Task[None]]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._ticked = False
 
     @property
@@ -346,47 +348,83 @@ class PartitionedConsumer:
                     await asyncio.wait_for(stopping.wait(), timeout=self._tick)
         finally:
             await self._stop(list(self._workers))
+            if self._background:
+                await asyncio.wait(self._background, timeout=45.0)
             try:
                 await self.leases.leave()
             except Exception as exc:  # they expire by themselves
                 log.warning("lease_leave_failed", consumer=self.name, error=repr(exc))
 
     async def _round(self) -> None:
+        """Renew and rebalance. Nothing here waits on a batch or a handover, so a round always
+        ends in time to renew the leases again."""
         changes = await self.leases.tick()
         self._ticked = True
         if changes.lost:
             log.warning("partitions_lost", consumer=self.name, partitions=changes.lost)
-            await self._stop(changes.lost)
-        if changes.surplus:
-            await self._stop(changes.surplus)
-            await self.leases.release(changes.surplus)
-            log.info("partitions_released", consumer=self.name, partitions=changes.surplus)
+            for partition in changes.lost:
+                self._stop_soon(partition)
+        for partition in changes.surplus:
+            self._hand_over(partition)
         for lease in changes.gained:
-            await self._start(lease)
+            self._start(lease)
         if changes.gained:
             log.info("partitions_taken", consumer=self.name, partitions=[g.partition for g in changes.gained],
                      members=self.leases.members)
         if self._metrics:
             self._metrics.partitions_held.labels(self.name).set(len(self._workers))
 
-    async def _start(self, lease: PartitionLease) -> None:
+    def _start(self, lease: PartitionLease) -> None:
         spec = self._parts[lease.partition]
-        await self._take_over(spec)
         worker = EventConsumer(
             spec=spec, bus=self._bus, pool=self._pool, handler=self._handler,
             metrics=self._metrics, batch=self._batch, lease=lease,
         )
         stop = asyncio.Event()
-        self._workers[lease.partition] = (worker, stop, asyncio.create_task(worker.run(stop)))
 
-    async def _take_over(self, spec: ConsumerSpec) -> None:
+        async def consume() -> None:
+            await self._take_over(spec, stop)
+            if not stop.is_set():
+                await worker.run(stop)
+
+        self._workers[lease.partition] = (worker, stop, asyncio.create_task(consume()))
+
+    def _stop_soon(self, partition: int) -> None:
+        """The lease is gone: the worker stops after its batch (whose fence fails) on its own."""
+        entry = self._workers.pop(partition, None)
+        if entry is not None:
+            entry[1].set()
+
+    def _hand_over(self, partition: int) -> None:
+        """Above the fair share: stop the worker, and give the lease back once its batch is done."""
+        entry = self._workers.pop(partition, None)
+        if entry is None:
+            return
+        _, stop, task = entry
+        stop.set()
+
+        async def release() -> None:
+            await asyncio.wait([task], timeout=40.0)
+            await self.leases.release([partition])
+            log.info("partition_released", consumer=self.name, partition=partition)
+
+        self._background.add(asyncio.create_task(release()))
+        for done in [t for t in self._background if t.done()]:
+            self._background.discard(done)
+
+    async def _take_over(self, spec: ConsumerSpec, stop: asyncio.Event) -> None:
         """Wait until nobody holds unsettled messages of the partition, or make them due again:
         its events must be applied in their order, whoever fetched them before."""
         deadline = time.monotonic() + HANDOVER_GRACE_SECONDS
-        while (await self._bus.consumer_state(spec)).in_flight:
-            if time.monotonic() >= deadline:
-                await self._bus.redeliver_in_flight(spec)
-                return
+        while not stop.is_set():
+            try:
+                if not (await self._bus.consumer_state(spec)).in_flight:
+                    return
+                if time.monotonic() >= deadline:
+                    await self._bus.redeliver_in_flight(spec)
+                    return
+            except Exception as exc:
+                log.warning("handover_failed", consumer=spec.durable, error=repr(exc))
             await asyncio.sleep(0.2)
 
     async def _stop(self, partitions: list[int]) -> None:

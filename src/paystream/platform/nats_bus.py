@@ -153,7 +153,7 @@ class NatsBus:
 
         try:
             nc = await nats.connect(
-                url,
+                [u.strip() for u in url.split(",") if u.strip()],  # every node of a cluster
                 name=name,
                 connect_timeout=timeout,
                 max_reconnect_attempts=-1,

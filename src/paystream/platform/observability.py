@@ -116,6 +116,8 @@ class Metrics:
     def __init__(self, service: str) -> None:
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
+        # The `Guard`s that report here; readiness asks them whether their bulkheads are full.
+        self.guards: list[Any] = []
         r = self.registry
         self.http_requests = Counter(
             "paystream_http_requests_total", "HTTP requests served",

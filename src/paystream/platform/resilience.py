@@ -91,6 +91,8 @@ class Guard:
         self._probes_in_flight = 0
         if metrics:
             metrics.bulkhead_capacity.labels(name).set(self.policy.max_concurrent)
+        if metrics is not None:
+            metrics.guards.append(self)
         self._report()
 
     @property

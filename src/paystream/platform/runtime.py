@@ -11,6 +11,7 @@ close connections.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ class ServiceContext:
     metrics: Metrics
     needs: Needs
     pool: asyncpg.Pool | None = None
+    # A pool of its own for partition leases: a busy service pool must not delay renewals.
+    lease_pool: asyncpg.Pool | None = None
     bus: NatsBus | None = None
     outbox: Outbox
 
@@ -116,11 +119,11 @@ class ServiceParts:
 
 
 @stamina.retry(on=TransientError, attempts=30, timeout=60.0, wait_initial=0.2, wait_max=2.0)
-async def _connect_pool(settings: Settings, name: str) -> asyncpg.Pool:
+async def _connect_pool(settings: Settings, name: str, size: int | None = None) -> asyncpg.Pool:
     return await create_pool(
         settings.database_url,
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
+        min_size=min(size or settings.db_pool_min, settings.db_pool_min),
+        max_size=size or settings.db_pool_max,
         timeout=settings.db_timeout,
         application_name=f"paystream-{name}",
     )
@@ -138,22 +141,33 @@ async def build_context(name: str, settings: Settings, needs: Needs) -> ServiceC
     """Connect what ``needs`` asks for (retrying while the servers come up)."""
     metrics = Metrics(name)
     pool = await _connect_pool(settings, name) if needs.postgres else None
+    leases = await _connect_pool(settings, f"{name}-leases", size=2) if needs.postgres and needs.bus else None
     bus = await _connect_bus(settings, name) if needs.bus else None
     return ServiceContext(
-        name=name, settings=settings, metrics=metrics, needs=needs, pool=pool, bus=bus,
+        name=name, settings=settings, metrics=metrics, needs=needs, pool=pool, bus=bus, lease_pool=leases,
         outbox=Outbox(settings.partitions),
     )
 
 
 def _standard_readiness(ctx: ServiceContext, consumers: list[PartitionedConsumer]) -> list[ReadinessCheck]:
     checks: list[ReadinessCheck] = []
+    limit = ctx.settings.saturation_share
     if ctx.pool is not None:
         pool = ctx.pool
 
         async def database() -> str | None:
+            busy = pool.get_size() - pool.get_idle_size()
+            if busy / pool.get_max_size() > limit:
+                return f"database pool saturated ({busy} of {pool.get_max_size()} connections busy)"
             return None if await ping(pool) else "database unreachable"
 
         checks.append(database)
+
+    async def work_pools() -> str | None:
+        full = [f"{g.name} ({g.busy_share:.0%})" for g in ctx.metrics.guards if g.busy_share > limit]
+        return f"work pools saturated: {', '.join(full)}" if full else None
+
+    checks.append(work_pools)
     if ctx.bus is not None:
         bus = ctx.bus
 
@@ -177,7 +191,7 @@ def create_app(ctx: ServiceContext, parts: ServiceParts) -> FastAPI:
     consumers = [
         PartitionedConsumer(
             spec=spec, bus=ctx.bus, pool=ctx.db, handler=parts.handlers[spec.durable],  # type: ignore[arg-type]
-            partitions=ctx.settings.partitions, member=member,
+            partitions=ctx.settings.partitions, member=member, lease_pool=ctx.lease_pool,
             metrics=ctx.metrics, batch=ctx.settings.consumer_batch,
         )
         for spec in consumers_of(ctx.name)
@@ -219,6 +233,8 @@ def create_app(ctx: ServiceContext, parts: ServiceParts) -> FastAPI:
                 await ctx.bus.close()
             if ctx.pool is not None:
                 await ctx.pool.close()
+            if ctx.lease_pool is not None:
+                await ctx.lease_pool.close()
             log.info("service_stopped")
 
     app = FastAPI(
@@ -272,7 +288,26 @@ async def _serve(module: ModuleType, settings: Settings) -> None:
         assert settings.tls_certfile and settings.tls_keyfile
         config.ssl = server_context(settings.tls_certfile, settings.tls_keyfile)
     server = uvicorn.Server(config)
-    await server.serve()
+    await server.serve(sockets=_listeners(settings))
+
+
+def _listeners(settings: Settings) -> list[socket.socket] | None:
+    """The sockets to serve on when copies share the service's port; None: uvicorn binds."""
+    if settings.copies <= 1 and settings.own_port is None:
+        return None
+    shared = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    shared.bind((settings.http_host, settings.http_port))
+    listeners = [shared]
+    if settings.own_port is not None:
+        own = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        own.bind((settings.http_host, settings.own_port))
+        listeners.append(own)
+    for sock in listeners:
+        sock.set_inheritable(True)
+    return listeners
 
 
 def run_service(module: ModuleType) -> None:

@@ -118,15 +118,22 @@ class Postgres:
 
 @dataclass(frozen=True, slots=True)
 class Nats:
+    """One ``nats-server`` from the wheel; with ``routes`` (the cluster ports of every node,
+    its own ``cluster_port`` among them) a node of a JetStream cluster."""
+
     data_dir: Path
     port: int
+    name: str = "nats"
+    server_name: str = "paystream"
+    cluster_port: int | None = None
+    routes: tuple[int, ...] = ()
     spec: ProcessSpec = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.data_dir / "nats.conf"
         binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or "nats-server"
         object.__setattr__(self, "spec", ProcessSpec(
-            name="nats", argv=[binary, "-c", str(config)], stop_signal="SIGTERM",
+            name=self.name, argv=[binary, "-c", str(config)], stop_signal="SIGTERM",
             ready=self.ready, prepare=self.prepare, stop_timeout=20.0,
         ))
 
@@ -136,16 +143,25 @@ class Nats:
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster = ""
+        if self.cluster_port is not None:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
+            cluster = f"""cluster {{
+  name: paystream
+  listen: 127.0.0.1:{self.cluster_port}
+  routes: [{routes}]
+}}
+"""
         (self.data_dir / "nats.conf").write_text(
             f"""# written by paystream up
-server_name: paystream
+server_name: {self.server_name}
 listen: 127.0.0.1:{self.port}
 max_payload: 1MB
 jetstream {{
   store_dir: "{self.data_dir / 'jetstream'}"
   sync_interval: always
 }}
-"""
+{cluster}"""
         )
 
     async def ready(self) -> bool:
@@ -167,6 +183,16 @@ jetstream {{
 
 async def _quiet(_: Exception) -> None:
     return None
+
+
+def nats_cluster(home: Path, ports: list[int], cluster_ports: list[int]) -> list[Nats]:
+    """The nodes of a JetStream cluster: ``nats`` (data in ``<home>/nats``), ``nats-2`` …"""
+    names = ["nats" if k == 0 else f"nats-{k + 1}" for k in range(len(ports))]
+    return [
+        Nats(home / name, port, name=name, server_name=f"paystream-{k + 1}",
+             cluster_port=cluster_ports[k], routes=tuple(cluster_ports))
+        for k, (name, port) in enumerate(zip(names, ports, strict=True))
+    ]
 
 
 def redis_binary() -> str:

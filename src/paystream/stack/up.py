@@ -36,7 +36,8 @@ from paystream.platform.observability import configure_logging
 from paystream.stack.place import PlaceError, purge
 from paystream.stack.ports import choose_port
 from paystream.stack.process import ProcessSpec, StartFailed, Supervisor
-from paystream.stack.servers import Nats, Postgres, Redis
+from paystream.stack.scale import copy_names
+from paystream.stack.servers import Nats, Postgres, Redis, nats_cluster
 from paystream.stack.tls import TlsFiles, ensure_local_tls
 
 DEFAULT_PORTS: dict[str, int] = {
@@ -51,6 +52,32 @@ class UpError(Exception):
     """A reason the stack cannot start, worded for the person who ran the command."""
 
 
+class ModeMismatch(UpError):
+    """The home was made for another NATS mode (one server, or a cluster)."""
+
+
+def _check_nats_mode(home: Path, nodes: int) -> None:
+    """A home keeps its streams where it made them: one server, or a cluster of ``nodes``."""
+    path = home / "nats-mode.json"
+    if path.exists():
+        was = int(json.loads(path.read_text()).get("nodes", 1))
+        if was != nodes:
+            def what(n: int) -> str:
+                return "one NATS server" if n == 1 else f"a {n}-node NATS cluster"
+            raise ModeMismatch(
+                f"{home} keeps its streams on {what(was)}, not {what(nodes)}; "
+                f"start it as it was made ({'--nats-cluster ' + str(was) if was > 1 else 'without --nats-cluster'}) "
+                "or use a new PAYSTREAM_HOME"
+            )
+    elif (home / "nats" / "jetstream").exists() and nodes != 1:
+        raise ModeMismatch(
+            f"{home} keeps its streams on one NATS server, not a {nodes}-node NATS cluster; "
+            "start it without --nats-cluster or use a new PAYSTREAM_HOME"
+        )
+    else:
+        path.write_text(json.dumps({"nodes": nodes}) + "\n")
+
+
 @dataclass
 class UpOptions:
     home: Path
@@ -60,6 +87,8 @@ class UpOptions:
     demo_args: list[str] = field(default_factory=list)
     allow_local_webhooks: bool = False
     tls: bool = False  # the gateway serves HTTPS with a certificate from a local CA
+    scale: dict[str, int] = field(default_factory=dict)  # copies per service (1 when absent)
+    nats_nodes: int = 1  # 3 (or 5): a JetStream cluster with streams replicated on 3 nodes
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -129,30 +158,50 @@ async def ensure_admin_client(conn: asyncpg.Connection, path: Path) -> str:
     return str(row["id"])
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One process of a service: ``index`` of ``copies``; ``own_port`` is where it alone answers
+    (its readiness and metrics) when copies share the service's port."""
+
+    service: str
+    process: str
+    index: int
+    copies: int
+    own_port: int | None
+
+
 def _service_spec(
-    name: str, *, home: Path, port: int, database_url: str, nats_url: str, redis_url: str,
+    copy: Copy, *, home: Path, port: int, database_url: str, nats_url: str, redis_url: str, replicas: int,
     internal_token: str, service_urls: dict[str, str], allow_local_webhooks: bool,
     tls: TlsFiles | None = None, keyring: Path | None = None,
 ) -> ProcessSpec:
+    name = copy.service
     env = os.environ.copy()
     env.update({
         "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE": "true" if allow_local_webhooks else "false",
         "PAYSTREAM_HOME": str(home),
         "PAYSTREAM_DATABASE_URL": database_url,
         "PAYSTREAM_NATS_URL": nats_url,
+        "PAYSTREAM_STREAM_REPLICAS": str(replicas),
         "PAYSTREAM_REDIS_URL": redis_url,
         "PAYSTREAM_HTTP_HOST": "127.0.0.1",
         "PAYSTREAM_HTTP_PORT": str(port),
         "PAYSTREAM_INTERNAL_TOKEN": internal_token,
         "PAYSTREAM_SERVICE_URLS": json.dumps(service_urls),
+        "PAYSTREAM_COPY_INDEX": str(copy.index),
+        "PAYSTREAM_COPIES": str(copy.copies),
         "PYTHONUNBUFFERED": "1",
     })
+    env.pop("PAYSTREAM_OWN_PORT", None)
+    if copy.own_port is not None:
+        env["PAYSTREAM_OWN_PORT"] = str(copy.own_port)
     if keyring is not None:
         env["PAYSTREAM_KEYRING_FILE"] = str(keyring)
     if tls is not None:
         env["PAYSTREAM_TLS_CERTFILE"] = str(tls.server_cert)
         env["PAYSTREAM_TLS_KEYFILE"] = str(tls.server_key)
     scheme = "https" if tls is not None else "http"
+    ready_port = copy.own_port or port
 
     async def ready() -> bool:
         import httpx
@@ -160,13 +209,13 @@ def _service_spec(
         try:
             verify: Any = ssl.create_default_context(cafile=str(tls.ca_cert)) if tls is not None else True
             async with httpx.AsyncClient(timeout=1.0, verify=verify) as client:
-                response = await client.get(f"{scheme}://127.0.0.1:{port}/readyz")
+                response = await client.get(f"{scheme}://127.0.0.1:{ready_port}/readyz")
             return response.status_code == 200
         except httpx.HTTPError:
             return False
 
     return ProcessSpec(
-        name=name, argv=[sys.executable, "-m", "paystream", "serve", name], env=env,
+        name=copy.process, argv=[sys.executable, "-m", "paystream", "serve", name], env=env,
         ready=ready, stop_timeout=45.0,
     )
 
@@ -180,6 +229,8 @@ class Stack:
         self.console = console
         self.supervisor = Supervisor(self.home / "logs", self.say)
         self.info: dict[str, Any] = {}
+        self.copies: dict[str, list[Copy]] = {}
+        self._nats_names: list[str] = ["nats"]
 
     def say(self, message: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
@@ -206,12 +257,28 @@ class Stack:
         secrets_ = load_secrets(self.home)
         ports = self._ports()
         pg = Postgres(self.home, ports["postgres"], secrets_["postgres_password"])
-        nats = Nats(self.home / "nats", ports["nats"])
+        _check_nats_mode(self.home, self.options.nats_nodes)
+        if self.options.nats_nodes > 1:
+            taken = set(ports.values())
+            node_ports = [ports["nats"]] + [
+                choose_port("nats", None, explicit=False, taken=taken) for _ in range(self.options.nats_nodes - 1)
+            ]
+            route_ports = [choose_port("nats", None, explicit=False, taken=taken) for _ in node_ports]
+            nodes = nats_cluster(self.home, node_ports, route_ports)
+        else:
+            nodes = [Nats(self.home / "nats", ports["nats"])]
+        self._nats_names = [node.name for node in nodes]
+        nats = nodes[0]
+        nats_urls = ",".join(node.url for node in nodes)
+        replicas = min(3, len(nodes))
         redis = Redis(self.home / "redis", ports["redis"])
         await asyncio.to_thread(pg.place.prepare)  # a place PostgreSQL cannot use fails here, alone
         self.say("starting PostgreSQL, NATS JetStream and Redis …")
-        await self.supervisor.start(pg.spec, nats.spec, redis.spec)
-        self.say(f"servers ready: postgres :{ports['postgres']}, nats :{ports['nats']}, redis :{ports['redis']}")
+        await self.supervisor.start(pg.spec, *(node.spec for node in nodes), redis.spec)
+        nats_ports = ",".join(str(node.port) for node in nodes)
+        self.say(f"servers ready: postgres :{ports['postgres']}, nats :{nats_ports}"
+                 f"{f' (a {len(nodes)}-node cluster, streams on {replicas})' if len(nodes) > 1 else ''}, "
+                 f"redis :{ports['redis']}")
 
         conn = await asyncpg.connect(pg.admin_url(), timeout=10)
         try:
@@ -222,7 +289,7 @@ class Stack:
             await ensure_admin_client(conn, self.home / "admin-client.json")
         finally:
             await conn.close()
-        bus = await NatsBus.connect(nats.url)
+        bus = await NatsBus.connect(nats_urls, replicas=replicas)
         durables = partitioned_consumers(load_settings().partitions)
         try:
             await bus.ensure_topology(STREAMS, durables)
@@ -236,11 +303,12 @@ class Stack:
         urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES}
         if tls is not None:
             urls["gateway"] = f"https://127.0.0.1:{ports['gateway']}"
+        self.copies = self._copies(ports)
         specs = [
             _service_spec(
-                name, home=self.home, port=ports[name],
+                copy, home=self.home, port=ports[name],
                 database_url=pg.role_url(role_name(name), secrets_["role_passwords"][name]),
-                nats_url=nats.url, redis_url=redis.url,
+                nats_url=nats_urls, redis_url=redis.url, replicas=replicas,
                 internal_token=secrets_["internal_token"],
                 service_urls={k: v for k, v in urls.items() if k != name},
                 allow_local_webhooks=self.options.allow_local_webhooks,
@@ -248,17 +316,30 @@ class Stack:
                 keyring=keyring if name == "gateway" else None,
             )
             for name in SERVICES
+            for copy in self.copies[name]
         ]
         if self.options.allow_local_webhooks:
             self.say("[yellow]webhooks may reach local and private addresses (development only)[/yellow]")
-        self.say("starting services: " + ", ".join(SERVICES))
+        self.say("starting services: " + ", ".join(
+            name if len(self.copies[name]) == 1 else f"{name} x{len(self.copies[name])}" for name in SERVICES
+        ))
         await self.supervisor.start(*specs)
         self.info = {
             "gateway_url": urls["gateway"],
             "postgres_url": pg.admin_url(),
             "nats_url": nats.url,
+            "nats_urls": [node.url for node in nodes],
             "redis_url": redis.url,
             "operations_urls": urls,
+            # Each process of a service, and where it alone answers (copies share `urls`).
+            "copies": {
+                name: [
+                    {"process": c.process, "pid": self.supervisor.processes[c.process].pid,
+                     "url": f"{urls[name].rsplit(':', 1)[0]}:{c.own_port or ports[name]}"}
+                    for c in copies
+                ]
+                for name, copies in self.copies.items()
+            },
             "pids": {name: p.pid for name, p in self.supervisor.processes.items()},
             "supervisor_pid": os.getpid(),
             "home": str(self.home),
@@ -274,10 +355,28 @@ class Stack:
             self.say(f"TLS 1.2+ from a local CA; trust it with `curl --cacert {tls.ca_cert}`, "
                      f"SSL_CERT_FILE={tls.ca_cert} for Python, or your OS trust store")
 
+    def _copies(self, ports: dict[str, int]) -> dict[str, list[Copy]]:
+        """The processes of each service; copies of one share its port and get one each of their own."""
+        taken = set(ports.values())
+        out: dict[str, list[Copy]] = {}
+        for name in SERVICES:
+            n = self.options.scale.get(name, 1)
+            out[name] = [
+                Copy(name, process, k, n, choose_port(process, None, explicit=False, taken=taken) if n > 1 else None)
+                for k, process in enumerate(copy_names(name, n), start=1)
+            ]
+        return out
+
+    def _stop_order(self) -> list[list[str]]:
+        """`STOP_ORDER` with each service standing for all of its copies, and NATS for its nodes."""
+        processes = {name: [c.process for c in copies] for name, copies in self.copies.items()}
+        processes["nats"] = self._nats_names
+        return [[p for name in group for p in processes.get(name, [name])] for group in STOP_ORDER]
+
     async def stop(self) -> None:
         self.say("stopping: gateway first, then services drain, then servers …")
         (self.home / "stack.json").unlink(missing_ok=True)
-        await self.supervisor.stop(STOP_ORDER)
+        await self.supervisor.stop(self._stop_order())
         pidfile = self.home / "up.pid"
         if pidfile.exists() and pidfile.read_text().strip() == str(os.getpid()):
             pidfile.unlink()
@@ -311,7 +410,7 @@ async def run_up(options: UpOptions, console: Console) -> int:
         error = starting.exception()
         if error is not None:
             stack.say(f"[bold red]cannot start:[/bold red] {error}")
-            code = 2 if isinstance(error, PlaceError) else 1
+            code = 2 if isinstance(error, (PlaceError, ModeMismatch)) else 1
         else:
             if options.demo:
                 demo = asyncio.create_task(_run_demo(stack, options.demo_args))

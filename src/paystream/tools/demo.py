@@ -205,12 +205,13 @@ class AlternatingReviewer:
 
 def scenario_problem(scenario: str, tracked: Sequence[Tracked]) -> str | None:
     """What is wrong with how one scenario's payments ended; None when all is as expected."""
-    wrong = 0
-    for t in tracked:
-        if not _as_expected(scenario, t):
-            wrong += 1
+    wrong = Counter(
+        f"refused: {t.rejection}" if t.status is None
+        else f"{t.status}/{t.failure_code}" if t.failure_code else str(t.status)
+        for t in tracked if not _as_expected(scenario, t)
+    )
     if wrong:
-        return f"{wrong} of {len(tracked)} did not end as expected"
+        return f"{wrong.total()} of {len(tracked)} did not end as expected ({dict(wrong)})"
     if scenario == "velocity_burst":
         statuses = Counter(t.status for t in tracked)
         if not statuses["declined"] or not statuses["succeeded"]:
@@ -355,7 +356,7 @@ class DemoRun:
 
 async def run_scenarios(
     client: PaystreamClient, receiver: WebhookReceiver, plan: DemoPlan, limits: FraudLimits,
-    concurrency: int, console: Console, rng: random.Random | None = None,
+    concurrency: int, console: Console, rng: random.Random | None = None, retries: int = 3,
 ) -> DemoRun:
     """Create and fund the wallets, send every planned transfer, follow each to its end."""
     rng = rng or random.Random()  # noqa: S311 - test data, not secrets
@@ -364,7 +365,7 @@ async def run_scenarios(
     deposits = plan_deposits(wallets, transfers, limits, rng)
     console.print(f"created {len(wallets.all())} wallets; funding {len(wallets.funded())} "
                   f"of them with {len(deposits)} deposits")
-    options = EngineOptions(concurrency=concurrency)
+    options = EngineOptions(concurrency=concurrency, retries=retries)
     funding = await run_with_progress(LoadEngine(client, receiver, options), deposits, console,
                                       "deposits")
     reviewer = AlternatingReviewer()
