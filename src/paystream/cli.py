@@ -256,6 +256,25 @@ def check(home: HomeOption = Path(".paystream")) -> None:
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command()
+def faults(
+    home: HomeOption = Path(".paystream"),
+    decision_delay_ms: Annotated[int | None, typer.Option(
+        "--decision-delay-ms", min=0, max=600_000,
+        help="Make every fraud screening decision wait this long (0: off).",
+    )] = None,
+) -> None:
+    """Game days: show the fraud service's faults, or set them on the running stack."""
+    from paystream.tools.client import FraudFaults
+
+    switch = FraudFaults.for_home(home)
+    if decision_delay_ms is None:
+        work = switch.get()
+    else:
+        work = switch.set(decision_delay_ms=decision_delay_ms)
+    console.print_json(data=asyncio.run(work))
+
+
 ledger_app = typer.Typer(help="Operator tools for the ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 

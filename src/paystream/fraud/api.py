@@ -1,18 +1,33 @@
-"""Internal HTTP routes of fraud: the review queue (the gateway forwards ``/v1/reviews``)."""
+"""Internal HTTP routes of fraud: the review queue (the gateway forwards ``/v1/reviews``),
+the deadline reviews payments hands over, and the game-day fault switch."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import APIRouter, Body, Depends, FastAPI, Query
+import msgspec
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from paystream.contracts.api import ReviewDecision
-from paystream.fraud.handlers import FraudHandlers
+from paystream.fraud.handlers import DeadlineReview, FraudHandlers
 from paystream.fraud.store import FraudStore, review_view
 from paystream.platform.errors import Invalid
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 from paystream.platform.ids import has_prefix
+from paystream.platform.observability import get_logger
+
+log = get_logger(__name__)
+
+
+class Faults(BaseModel):
+    """Faults of this fraud service (every copy shares them): each screening decision
+    waits ``decision_delay_ms`` first. For game days; 0 is normal."""
+
+    model_config = ConfigDict(extra="forbid")
+    decision_delay_ms: StrictInt = Field(ge=0, le=600_000)
 
 
 def install_routes(
@@ -62,5 +77,28 @@ def install_routes(
         review_id: str, caller: Caller = Depends(auth), body: Annotated[ReviewDecision | None, Body()] = None
     ) -> JSONResponse:
         return await decide(caller, review_id, False, body)
+
+    @router.post("/reviews/deadline", status_code=204)
+    async def deadline_reviews(request: Request, _: Caller = Depends(auth)) -> None:
+        """Reviews payments opened because fraud missed the screening deadline (payments'
+        deadline worker sends them, again until it gets a 2xx)."""
+        try:
+            body = msgspec.json.decode(await request.body(), type=dict[str, list[DeadlineReview]])
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"not a list of deadline reviews: {exc}", code="invalid_request") from exc
+        async with pool.acquire() as conn:
+            await handlers.open_deadline_reviews(conn, body.get("reviews", []), datetime.now(UTC))
+
+    @router.get("/faults")
+    async def get_faults(_: Caller = Depends(auth)) -> JSONResponse:
+        async with pool.acquire() as conn:
+            return JSONResponse({"decision_delay_ms": await store.decision_delay_ms(conn)})
+
+    @router.put("/faults")
+    async def put_faults(faults: Faults, caller: Caller = Depends(auth)) -> JSONResponse:
+        async with pool.acquire() as conn:
+            await store.set_decision_delay_ms(conn, faults.decision_delay_ms, datetime.now(UTC))
+        log.warning("fault_set", decision_delay_ms=faults.decision_delay_ms, by=caller.client_id)
+        return JSONResponse({"decision_delay_ms": faults.decision_delay_ms})
 
     app.include_router(router)

@@ -1,0 +1,150 @@
+"""The screening deadline: a payment fraud has not decided in time goes to review, funds held.
+
+Fraud may be slow or far behind (seed 001: decisions slow from 50 ms to 4 s), so the
+deadline is kept by payments, which owns the payment, not by fraud. `ScreeningDeadline`
+runs in every copy of the payments service; each round:
+
+1. locks the payments still in ``processing`` with no screening decision whose
+   ``created_at`` is more than ``deadline`` seconds ago (``FOR UPDATE SKIP LOCKED``: one
+   copy takes each, and none waits for a consumer's batch);
+2. moves each to ``requires_review`` through the state machine (``screening.deadline``, a
+   screening decision: from now on fraud's own decision for it changes nothing), and in
+   the same transaction writes the ``fraud.review`` event (reason ``screening_deadline``)
+   that makes the ledger hold the funds exactly as for a review fraud asked for, the
+   public ``payment.requires_review``, and a `DeadlineReview` row;
+3. hands the review rows fraud has not accepted yet to fraud's internal API, which puts
+   them in the review queue (where a reviewer, or fraud's re-screen once it is back,
+   decides them). Fraud's consumer may be minutes behind, so this does not wait for it;
+   a row stays until fraud answers 2xx, and fraud accepts one twice harmlessly.
+
+A round that fails (the database or fraud away) is logged and retried the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import msgspec
+import orjson
+from prometheus_client import Counter
+
+from paystream.contracts.envelope import make_envelope
+from paystream.contracts.events import FraudReview
+from paystream.payments.domain import DEADLINE_REASON, next_state
+from paystream.payments.handlers import Changes, order_of
+from paystream.payments.store import DeadlineReview, PaymentsStore
+from paystream.platform.errors import TransientError
+from paystream.platform.http import Caller
+from paystream.platform.ids import new_id
+from paystream.platform.internal import InternalClient
+from paystream.platform.observability import Metrics, bound, get_logger, held_until_commit, log_on_commit
+from paystream.platform.outbox import Outbox
+from paystream.platform.runtime import repeat
+
+log = get_logger(__name__)
+
+METRIC = "paystream_screening_deadline_total"
+# Fraud's internal route that puts deadline reviews in its queue.
+FRAUD_ROUTE = "/internal/reviews/deadline"
+_SYSTEM = Caller(tenant_id="system", client_id="payments", user_id=None, scopes=frozenset(),
+                 correlation_id="", idempotency_key=None)
+
+
+def deadline_counter(metrics: Metrics) -> Counter:
+    """``paystream_screening_deadline_total`` on this process's registry (made once)."""
+    existing = getattr(metrics, "screening_deadline", None)
+    if isinstance(existing, Counter):  # platform Metrics may define it one day
+        return existing
+    return Counter(METRIC, "Payments sent to review because fraud did not decide in time",
+                   registry=metrics.registry)
+
+
+class ScreeningDeadline:
+    """Sends overdue payments to review and their reviews to fraud (module docstring)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: PaymentsStore,
+        outbox: Outbox,
+        fraud: InternalClient,
+        counter: Counter,
+        *,
+        deadline: float,
+        interval: float = 0.25,
+        batch: int = 500,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._outbox = outbox
+        self._fraud = fraud
+        self._counter = counter
+        self._deadline = timedelta(seconds=deadline)
+        self._interval = interval
+        self._batch = batch
+
+    async def sweep_once(self, now: datetime | None = None) -> int:
+        """Send the payments overdue at ``now`` to review; returns how many."""
+        now = now or datetime.now(UTC)
+        with held_until_commit():
+            async with self._pool.acquire() as conn, conn.transaction():
+                taken = await self._expire(conn, now)
+        if taken:
+            self._counter.inc(taken)
+        return taken
+
+    async def _expire(self, conn: asyncpg.Connection, now: datetime) -> int:
+        payments = await self._store.overdue(conn, now - self._deadline, self._batch)
+        changes = Changes()
+        reviews: list[DeadlineReview] = []
+        for payment in payments:
+            transition = next_state(payment["status"], "screening.deadline", screened=False)
+            assert transition is not None, "an unscreened payment in processing goes to review"
+            order = order_of(payment)
+            review_id = new_id("rev")
+            waited = (now - payment["created_at"]).total_seconds()
+            with bound(payment_id=payment["id"], correlation_id=payment["id"], review_id=review_id):
+                log_on_commit(log, "screening_deadline", waited_seconds=round(waited, 3),
+                              deadline_seconds=self._deadline.total_seconds())
+                changes.apply(payment, transition, "screening.deadline", None, now)
+            changes.events.append(make_envelope(
+                FraudReview(order=order, review_id=review_id, reasons=[DEADLINE_REASON]),
+                partition_key=order.account_key, correlation_id=payment["id"],
+            ))
+            reviews.append(DeadlineReview(payment["id"], payment["tenant_id"], review_id,
+                                          msgspec.to_builtins(order), now))
+        await changes.write(conn, self._store, self._outbox, now)
+        await self._store.add_deadline_reviews(conn, reviews)
+        return len(payments)
+
+    async def send_once(self) -> int:
+        """Hand unsent deadline reviews to fraud; returns how many it accepted."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            reviews = await self._store.unsent_deadline_reviews(conn, self._batch)
+            if not reviews:
+                return 0
+            body = orjson.dumps({"reviews": [
+                {"id": r.review_id, "tenant_id": r.tenant_id, "payment": r.payment,
+                 "created_at": r.created_at.isoformat()}
+                for r in reviews
+            ]})
+            response = await self._fraud.request("POST", FRAUD_ROUTE, _SYSTEM, content=body)
+            if response.status_code >= 300:
+                raise TransientError(f"fraud refused deadline reviews: {response.status_code} "
+                                     f"{response.content[:200]!r}")
+            await self._store.mark_sent(conn, [r.payment_id for r in reviews], datetime.now(UTC))
+            return len(reviews)
+
+    async def round(self) -> int:
+        taken = await self.sweep_once()
+        try:
+            await self.send_once()
+        except TransientError as exc:
+            log.warning("deadline_reviews_not_sent", error=str(exc))
+        return taken
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await repeat(stopping, self.round, interval=self._interval, backlog=self._batch,
+                     failed="screening_deadline_failed")
