@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from paystream.contracts.envelope import Envelope, make_envelope
@@ -26,6 +27,7 @@ from paystream.ledger.store import LedgerStore
 from paystream.payments.deadline import FRAUD_ROUTE, ScreeningDeadline
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore
+from paystream.platform.errors import TransientError
 from paystream.platform.ids import new_id
 from paystream.platform.internal import InternalResponse
 from paystream.platform.outbox import Outbox
@@ -152,7 +154,8 @@ async def test_deadline_reviews_are_sent_to_fraud_until_it_accepts_them(payments
     pid = await _create(payments)
     await worker.sweep_once(datetime.now(UTC) + LATER)
 
-    await worker.round()  # refused: kept for the next round
+    with pytest.raises(TransientError):  # refused: kept for the next round
+        await worker.send_once()
     assert [r["payment"]["payment_id"] for r in refusing.sent] == [pid]
     refusing.status = 204
     assert await worker.send_once() == 1

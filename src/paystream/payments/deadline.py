@@ -17,7 +17,8 @@ runs in every copy of the payments service; each round:
    decides them). Fraud's consumer may be minutes behind, so this does not wait for it;
    a row stays until fraud answers 2xx, and fraud accepts one twice harmlessly.
 
-A round that fails (the database or fraud away) is logged and retried the next round.
+Steps 1-2 and step 3 run as two loops, so a fraud that is slow to answer never delays a
+sweep. A round that fails (the database or fraud away) is logged and retried the next round.
 """
 
 from __future__ import annotations
@@ -137,14 +138,12 @@ class ScreeningDeadline:
             await self._store.mark_sent(conn, [r.payment_id for r in reviews], datetime.now(UTC))
             return len(reviews)
 
-    async def round(self) -> int:
-        taken = await self.sweep_once()
-        try:
-            await self.send_once()
-        except TransientError as exc:
-            log.warning("deadline_reviews_not_sent", error=str(exc))
-        return taken
-
     async def run(self, stopping: asyncio.Event) -> None:
-        await repeat(stopping, self.round, interval=self._interval, backlog=self._batch,
+        """The sweeps (steps 1-2); they never wait for fraud."""
+        await repeat(stopping, self.sweep_once, interval=self._interval, backlog=self._batch,
                      failed="screening_deadline_failed")
+
+    async def run_handoff(self, stopping: asyncio.Event) -> None:
+        """The hand-off to fraud (step 3), in a loop of its own: a slow fraud delays only this."""
+        await repeat(stopping, self.send_once, interval=self._interval, backlog=self._batch,
+                     failed="deadline_reviews_not_sent")

@@ -38,14 +38,14 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         fraud = InternalClient(
             settings.service_urls["fraud"],
             token=settings.internal_token.get_secret_value(),
-            timeout=settings.http_timeout,
+            timeout=min(settings.http_timeout, 5.0),
         )
         deadline = ScreeningDeadline(
             ctx.db, store, ctx.outbox, fraud, deadline_counter(ctx.metrics),
             deadline=settings.screening_deadline_seconds,
             interval=settings.screening_deadline_sweep_seconds,
         )
-        workers.append(deadline.run)
+        workers += [deadline.run, deadline.run_handoff]
         closers.append(fraud.close)
 
     def install(app: FastAPI) -> None:
