@@ -120,8 +120,14 @@ async def test_the_deadline_sends_slow_screenings_to_review_held_and_rescreens_t
 
             await _eventually(holds_in_place, 10, "the ledger did not hold the funds")
             assert (await _balance(client, payee))["posted"] == 0
-            reviews = {r["payment_id"]: r for r in await client.open_reviews(limit=100)}
-            assert {i: reviews[i]["reasons"] for i in ids} == {i: ["screening_deadline"] for i in ids}
+
+            async def queued_for_review() -> dict[str, list[str]] | None:
+                # payments hands the deadline's reviews to fraud's queue a moment after
+                reviews = {r["payment_id"]: r["reasons"] for r in await client.open_reviews(limit=100)}
+                return reviews if set(ids) <= set(reviews) else None
+
+            reviews = await _eventually(queued_for_review, 10, "the reviews did not reach fraud's queue")
+            assert {i: reviews[i] for i in ids} == {i: ["screening_deadline"] for i in ids}
             async with httpx.AsyncClient(timeout=10) as http:
                 metrics = (await http.get(f"{stack.info.operations_urls['payments']}/metrics")).text
             assert f"paystream_screening_deadline_total {float(PAYMENTS)}" in metrics
