@@ -265,14 +265,24 @@ def faults(
     )] = None,
 ) -> None:
     """Game days: show the fraud service's faults, or set them on the running stack."""
-    from paystream.tools.client import FraudFaults
+    import httpx
 
-    switch = FraudFaults.for_home(home)
+    from paystream.tools.client import ApiError, FraudFaults
+
+    try:
+        switch = FraudFaults.for_home(home)
+    except (FileNotFoundError, KeyError) as exc:
+        console.print(f"[bold red]no stack to set faults on:[/bold red] {exc}")
+        raise typer.Exit(2) from None
     if decision_delay_ms is None:
         work = switch.get()
     else:
         work = switch.set(decision_delay_ms=decision_delay_ms)
-    console.print_json(data=asyncio.run(work))
+    try:
+        console.print_json(data=asyncio.run(work))
+    except (ApiError, httpx.HTTPError) as exc:
+        console.print(f"[bold red]faults failed:[/bold red] {exc}")
+        raise typer.Exit(1) from None
 
 
 ledger_app = typer.Typer(help="Operator tools for the ledger.", no_args_is_help=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -174,7 +176,7 @@ async def test_without_the_deadline_slow_screenings_leave_payments_in_processing
     async with running_stack(env, prefix="paystream-e2e-nodeadline-") as stack:
         assert stack.info is not None
         async with PaystreamClient.for_stack(stack.info, max_connections=24) as client:
-            payers, payee, faults = await _setup(client, stack)
+            payers, payee, _faults = await _setup(client, stack)
             started = time.monotonic()
             ids = await _pay_all(client, payers, payee)
 
@@ -191,7 +193,12 @@ async def test_without_the_deadline_slow_screenings_leave_payments_in_processing
             print(f"\nwithout the deadline: {PAYMENTS} payments still processing {stuck:.2f}s "
                   f"after the first was sent (fraud delay {DELAY_MS} ms)")
 
-            await faults.set(decision_delay_ms=0)
+            cleared = await asyncio.to_thread(subprocess.run, [
+                sys.executable, "-m", "paystream", "faults", "--home", str(stack.home),
+                "--decision-delay-ms", "0",
+            ], capture_output=True, text=True, timeout=60)  # the operator's way
+            assert cleared.returncode == 0, cleared.stderr
+            assert json.loads(cleared.stdout) == {"decision_delay_ms": 0}
             done = await _all_reach(client, ids, "succeeded", within=30)
             print(f"they succeeded {done - started:.2f}s after the first was sent")
             assert done - started >= DELAY_MS / 1000 - 0.5  # they waited for fraud's delay
