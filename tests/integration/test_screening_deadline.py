@@ -71,11 +71,11 @@ def _worker(pool: Any, fraud_api: FakeFraud | None = None) -> tuple[ScreeningDea
     return worker, counter
 
 
-async def _create(pool: Any, amount: int = 500) -> str:
+async def _create(pool: Any, amount: int = 500, created_at: datetime | None = None) -> str:
+    values = _payment_values(key=uuid.uuid4().hex, amount=amount)
+    values["created_at"] = created_at or values["created_at"]
     async with pool.acquire() as conn:
-        payment, _ = await PaymentHandlers(PaymentsStore(), Outbox(4)).create(
-            conn, _payment_values(key=uuid.uuid4().hex, amount=amount), "corr"
-        )
+        payment, _ = await PaymentHandlers(PaymentsStore(), Outbox(4)).create(conn, values, "corr")
     return str(payment["id"])
 
 
@@ -104,6 +104,17 @@ async def test_an_overdue_payment_goes_to_review_with_a_hold_event_and_a_review_
     assert [t["type"] for t in timeline] == ["payment.created", "payment.screening_deadline"]
     row = await payments.fetchrow("SELECT review_id, sent_at FROM deadline_reviews WHERE payment_id = $1", pid)
     assert row["review_id"] == review.review_id and row["sent_at"] is None
+
+
+async def test_a_just_started_worker_gives_the_consumers_one_deadline_first(payments: Any) -> None:
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)  # created before a crash
+    pid = await _create(payments, created_at=long_ago)
+    worker, _ = _worker(payments)
+    now = datetime.now(UTC)
+
+    assert await worker.sweep_once(now) == 0
+    assert await worker.sweep_once(now + timedelta(seconds=2.1)) == 1
+    assert await _status(payments, pid) == ("requires_review", "deadline")
 
 
 async def test_a_payment_fraud_already_decided_is_left_alone_by_the_deadline(payments: Any) -> None:

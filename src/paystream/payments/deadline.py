@@ -18,7 +18,9 @@ runs in every copy of the payments service; each round:
    a row stays until fraud answers 2xx, and fraud accepts one twice harmlessly.
 
 Steps 1-2 and step 3 run as two loops, so a fraud that is slow to answer never delays a
-sweep. A round that fails (the database or fraud away) is logged and retried the next round.
+sweep. A process that has just started waits one deadline before its first sweep, so its
+consumers can first apply the screening decisions that queued on the bus while it was
+down. A round that fails (the database or fraud away) is logged and retried the next round.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class ScreeningDeadline:
         self._deadline = timedelta(seconds=deadline)
         self._interval = interval
         self._batch = batch
+        self._started = datetime.now(UTC)
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Send the payments overdue at ``now`` to review; returns how many."""
@@ -97,6 +100,10 @@ class ScreeningDeadline:
         return taken
 
     async def _expire(self, conn: asyncpg.Connection, now: datetime) -> int:
+        # A process just started (after a crash, a deploy) gives its consumers one deadline to
+        # apply the screening decisions that wait for it on the bus before judging anything.
+        if now < self._started + self._deadline:
+            return 0
         payments = await self._store.overdue(conn, now - self._deadline, self._batch)
         changes = Changes()
         reviews: list[DeadlineReview] = []
