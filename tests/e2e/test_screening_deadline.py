@@ -19,9 +19,10 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from paystream.ledger.verify import verify_database
-from paystream.tools.client import FraudFaults, PaystreamClient
+from paystream.tools.client import ApiError, FraudFaults, PaystreamClient
 from paystream.tools.invariants import check_invariants
 
 from .conftest import SHARED_ENV
@@ -77,6 +78,21 @@ async def _pay_all(client: PaystreamClient, payers: list[str], payee: str) -> li
         for i in range(PAYMENTS)
     ))
     return [p["id"] for p in created]
+
+
+async def _only_operators_reach_the_fault_switch(
+    stack: UpProcess, client: PaystreamClient, faults: FraudFaults
+) -> None:
+    assert stack.info is not None
+    async with httpx.AsyncClient(timeout=10) as http:
+        url = f"{stack.info.operations_urls['fraud']}/internal/faults"
+        assert (await http.put(url, json={"decision_delay_ms": 1})).status_code == 401
+    assert (await client.request("PUT", "/internal/faults",
+                                 json_body={"decision_delay_ms": 1})).status_code == 404
+    with pytest.raises(ApiError) as refused:
+        await faults.set(decision_delay_ms=-1)
+    assert refused.value.status == 422
+    assert await faults.get() == {"decision_delay_ms": DELAY_MS}
 
 
 def _ignored_late_decisions(stack: UpProcess, ids: set[str]) -> set[str]:
@@ -176,7 +192,8 @@ async def test_without_the_deadline_slow_screenings_leave_payments_in_processing
     async with running_stack(env, prefix="paystream-e2e-nodeadline-") as stack:
         assert stack.info is not None
         async with PaystreamClient.for_stack(stack.info, max_connections=24) as client:
-            payers, payee, _faults = await _setup(client, stack)
+            payers, payee, faults = await _setup(client, stack)
+            await _only_operators_reach_the_fault_switch(stack, client, faults)
             started = time.monotonic()
             ids = await _pay_all(client, payers, payee)
 
