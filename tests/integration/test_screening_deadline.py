@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import FraudApproved, FraudReview, PaymentInitiated, PaymentOrder
-from paystream.fraud.handlers import DeadlineReview
+from paystream.contracts.internal import DeadlineReview
 from paystream.fraud.rescreen import Rescreener
 from paystream.fraud.store import FraudStore
 from paystream.ledger.handlers import LedgerHandlers
@@ -241,8 +241,8 @@ def _rescreener(pool: Any, handlers: Any, budget: float = 0.5) -> Rescreener:
 
 
 async def _open_deadline_reviews(pool: Any, handlers: Any, *orders: PaymentOrder) -> list[str]:
-    reviews = [DeadlineReview(id=new_id("rev"), tenant_id=TENANT, payment=o,
-                              created_at=datetime.now(UTC)) for o in orders]
+    reviews = [DeadlineReview(id=new_id("rev"), payment=o, created_at=datetime.now(UTC))
+               for o in orders]
     async with pool.acquire() as conn:
         # Sent twice (payments retries until it hears back): still one review each.
         await handlers.open_deadline_reviews(conn, reviews, datetime.now(UTC) - LATER)

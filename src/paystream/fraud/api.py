@@ -12,7 +12,8 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from paystream.contracts.api import ReviewDecision
-from paystream.fraud.handlers import DeadlineReview, FraudHandlers
+from paystream.contracts.internal import DeadlineReviews
+from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore, review_view
 from paystream.platform.errors import Invalid
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
@@ -83,11 +84,11 @@ def install_routes(
         """Reviews payments opened because fraud missed the screening deadline (payments'
         deadline worker sends them, again until it gets a 2xx)."""
         try:
-            body = msgspec.json.decode(await request.body(), type=dict[str, list[DeadlineReview]])
+            body = msgspec.json.decode(await request.body(), type=DeadlineReviews)
         except msgspec.ValidationError as exc:
             raise Invalid(f"not a list of deadline reviews: {exc}", code="invalid_request") from exc
         async with pool.acquire() as conn:
-            await handlers.open_deadline_reviews(conn, body.get("reviews", []), datetime.now(UTC))
+            await handlers.open_deadline_reviews(conn, body.reviews, datetime.now(UTC))
 
     @router.get("/faults")
     async def get_faults(_: Caller = Depends(auth)) -> JSONResponse:

@@ -24,6 +24,7 @@ from paystream.contracts.events import (
     PaymentOrder,
     payload_of,
 )
+from paystream.contracts.internal import DeadlineReview
 from paystream.fraud.domain import Decision, Facts, Rule, decide, needs_rescreen
 from paystream.fraud.store import FraudStore, review_view
 from paystream.fraud.velocity import VelocityCounter
@@ -175,15 +176,6 @@ class FraudHandlers:
             })
         async with conn.transaction():
             await self._store.add_reviews(conn, rows, now)
-
-
-class DeadlineReview(msgspec.Struct, frozen=True, kw_only=True):
-    """A review payments opened when fraud missed a payment's screening deadline."""
-
-    id: str
-    tenant_id: str
-    payment: PaymentOrder
-    created_at: datetime
 
 
 def resolution_event(

@@ -11,7 +11,7 @@ runs in every copy of the payments service; each round:
    screening decision: from now on fraud's own decision for it changes nothing), and in
    the same transaction writes the ``fraud.review`` event (reason ``screening_deadline``)
    that makes the ledger hold the funds exactly as for a review fraud asked for, the
-   public ``payment.requires_review``, and a `DeadlineReview` row;
+   public ``payment.requires_review``, and a `PendingHandoff` row;
 3. hands the review rows fraud has not accepted yet to fraud's internal API, which puts
    them in the review queue (where a reviewer, or fraud's re-screen once it is back,
    decides them). Fraud's consumer may be minutes behind, so this does not wait for it;
@@ -30,14 +30,14 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
-import orjson
 from prometheus_client import Counter
 
 from paystream.contracts.envelope import make_envelope
-from paystream.contracts.events import FraudReview
+from paystream.contracts.events import FraudReview, PaymentOrder
+from paystream.contracts.internal import DeadlineReview, DeadlineReviews
 from paystream.payments.domain import DEADLINE_REASON, next_state
 from paystream.payments.handlers import Changes, order_of
-from paystream.payments.store import DeadlineReview, PaymentsStore
+from paystream.payments.store import PaymentsStore, PendingHandoff
 from paystream.platform.errors import TransientError
 from paystream.platform.http import Caller
 from paystream.platform.ids import new_id
@@ -106,7 +106,7 @@ class ScreeningDeadline:
             return 0
         payments = await self._store.overdue(conn, now - self._deadline, self._batch)
         changes = Changes()
-        reviews: list[DeadlineReview] = []
+        reviews: list[PendingHandoff] = []
         for payment in payments:
             transition = next_state(payment["status"], "screening.deadline", screened=False)
             assert transition is not None, "an unscreened payment in processing goes to review"
@@ -121,7 +121,7 @@ class ScreeningDeadline:
                 FraudReview(order=order, review_id=review_id, reasons=[DEADLINE_REASON]),
                 partition_key=order.account_key, correlation_id=payment["id"],
             ))
-            reviews.append(DeadlineReview(payment["id"], payment["tenant_id"], review_id,
+            reviews.append(PendingHandoff(payment["id"], payment["tenant_id"], review_id,
                                           msgspec.to_builtins(order), now))
         await changes.write(conn, self._store, self._outbox, now)
         await self._store.add_deadline_reviews(conn, reviews)
@@ -133,11 +133,11 @@ class ScreeningDeadline:
             reviews = await self._store.unsent_deadline_reviews(conn, self._batch)
             if not reviews:
                 return 0
-            body = orjson.dumps({"reviews": [
-                {"id": r.review_id, "tenant_id": r.tenant_id, "payment": r.payment,
-                 "created_at": r.created_at.isoformat()}
+            body = msgspec.json.encode(DeadlineReviews(reviews=[
+                DeadlineReview(id=r.review_id, payment=msgspec.convert(r.payment, PaymentOrder),
+                               created_at=r.created_at)
                 for r in reviews
-            ]})
+            ]))
             response = await self._fraud.request("POST", FRAUD_ROUTE, _SYSTEM, content=body)
             if response.status_code >= 300:
                 raise TransientError(f"fraud refused deadline reviews: {response.status_code} "

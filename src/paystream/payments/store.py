@@ -61,7 +61,7 @@ class StatusUpdate:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadlineReview:
+class PendingHandoff:
     """A review the screening deadline opened, on its way to fraud's review queue."""
 
     payment_id: str
@@ -221,7 +221,7 @@ class PaymentsStore:
         return [dict(row) for row in rows]
 
     async def add_deadline_reviews(
-        self, conn: asyncpg.Connection, reviews: Sequence[DeadlineReview]
+        self, conn: asyncpg.Connection, reviews: Sequence[PendingHandoff]
     ) -> None:
         if not reviews:
             return
@@ -233,14 +233,14 @@ class PaymentsStore:
 
     async def unsent_deadline_reviews(
         self, conn: asyncpg.Connection, limit: int
-    ) -> list[DeadlineReview]:
+    ) -> list[PendingHandoff]:
         """Lock deadline reviews fraud has not accepted yet (one copy sends each)."""
         rows = await conn.fetch(
             "SELECT payment_id, tenant_id, review_id, payment, created_at FROM deadline_reviews "
             "WHERE sent_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
             limit,
         )
-        return [DeadlineReview(*row.values()) for row in rows]
+        return [PendingHandoff(*row.values()) for row in rows]
 
     async def mark_sent(
         self, conn: asyncpg.Connection, payment_ids: Sequence[str], now: datetime
