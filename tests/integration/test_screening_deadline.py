@@ -285,6 +285,18 @@ async def test_a_rescreen_the_rules_approve_resolves_the_review_as_an_approval(f
     assert (approval.review_id, approval.reasons) == (review_id, ["rescreen_approved"])
 
 
+async def test_two_rescreeners_at_once_resolve_each_review_once(fraud: Any) -> None:
+    pool, handlers = fraud
+    ids = await _open_deadline_reviews(pool, handlers, *(_order(f"pay_{n}") for n in range(20)))
+
+    done = await asyncio.gather(_rescreener(pool, handlers).rescreen_once(),
+                                _rescreener(pool, handlers).rescreen_once())
+
+    assert sum(done) == 20
+    events = await _outbox_events(pool)
+    assert sorted(e.payload["review_id"] for e in events) == sorted(ids)
+
+
 async def test_a_rescreen_the_rules_decline_resolves_the_review_as_a_decline(fraud: Any) -> None:
     pool, handlers = fraud
     [review_id] = await _open_deadline_reviews(pool, handlers, _order("pay_a", amount=50_000))

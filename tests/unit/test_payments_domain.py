@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from typing import cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from paystream.contracts.envelope import Envelope
 from paystream.payments.domain import (
     SCREENINGS,
     SIGNALS,
@@ -19,6 +21,7 @@ from paystream.payments.domain import (
     is_terminal,
     next_state,
 )
+from paystream.payments.handlers import signal_of
 
 STATUSES: tuple[Status, ...] = ("processing", "requires_review", "succeeded", "failed", "declined")
 ALL_SIGNALS: tuple[Signal, ...] = tuple(sorted(cast("set[Signal]", SIGNALS)))
@@ -269,3 +272,27 @@ def test_the_first_settling_signal_chooses_the_terminal_state(signals: list[Sign
         assert not is_terminal(final)
     else:
         assert final == first
+
+
+# Which signal an event carries: a fraud outcome naming a review resolves it.
+
+
+def _event(kind: str, **payload: object) -> Envelope:
+    return Envelope(id="evt_1", type=kind, version=1, occurred_at=datetime.now(UTC),
+                    partition_key="acc_1", correlation_id="pay_1", causation_id=None,
+                    payload=dict(payload))
+
+
+@pytest.mark.parametrize(("kind", "review_id", "signal"), [
+    ("fraud.approved", None, "fraud.approved"),
+    ("fraud.approved", "rev_1", "review.approved"),
+    ("fraud.declined", None, "fraud.declined"),
+    ("fraud.declined", "rev_1", "review.declined"),
+    ("fraud.review", "rev_1", "fraud.review"),
+    ("ledger.posted", None, "ledger.posted"),
+    ("payment.succeeded", None, None),
+])
+def test_fraud_outcomes_naming_a_review_are_resolutions(
+    kind: str, review_id: str | None, signal: str | None
+) -> None:
+    assert signal_of(_event(kind, review_id=review_id)) == signal

@@ -1,7 +1,9 @@
 """Screening: payments.initiated in, fraud.approved | fraud.declined | fraud.review out.
 
-Also the human side: approving or declining a review emits the same events, so an
-approval continues the payment exactly as an automatic approval would.
+Also the human side: approving or declining a review emits the same events, naming the
+review (a *resolution*), so an approval continues the payment as an automatic approval
+would. And the reviews payments' screening deadline opened, put into the queue here with
+a re-screen due (`fraud/rescreen.py` resolves them the same way once fraud is back).
 """
 
 from __future__ import annotations
