@@ -95,6 +95,20 @@ async def _only_operators_reach_the_fault_switch(
     assert await faults.get() == {"decision_delay_ms": DELAY_MS}
 
 
+async def _decided_by_fraud(stack: UpProcess, payment_ids: list[str]) -> list[str]:
+    """Fraud's answer to the deadline worker's question: which of these has it decided?"""
+    assert stack.info is not None
+    token = json.loads((stack.home / "secrets.json").read_text())["internal_token"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            f"{stack.info.operations_urls['fraud']}/internal/decisions/lookup",
+            json={"payment_ids": payment_ids},
+            headers={"x-paystream-internal-token": token, "x-paystream-tenant": "system"},
+        )
+    assert response.status_code == 200, response.text
+    return list(response.json()["decided"])
+
+
 def _ignored_late_decisions(stack: UpProcess, ids: set[str]) -> set[str]:
     """Payments whose automatic ``fraud.approved`` reached the ledger after it had decided."""
     seen = set()
@@ -169,6 +183,7 @@ async def test_the_deadline_sends_slow_screenings_to_review_held_and_rescreens_t
             assert (await _balance(client, payee))["posted"] == PAYMENTS * AMOUNT
             statuses = await _statuses(client, ids)
             assert {p["status"] for p in statuses.values()} == {"succeeded"}
+            assert await _decided_by_fraud(stack, [*ids, "pay_unknown"]) == sorted(ids)
 
         report = await check_invariants(stack.info.postgres_url, settled=True)
         assert report.ok, str(report)

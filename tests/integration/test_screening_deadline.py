@@ -24,7 +24,7 @@ from paystream.fraud.rescreen import Rescreener
 from paystream.fraud.store import FraudStore
 from paystream.ledger.handlers import LedgerHandlers
 from paystream.ledger.store import LedgerStore
-from paystream.payments.deadline import FRAUD_ROUTE, ScreeningDeadline
+from paystream.payments.deadline import FRAUD_ROUTE, LOOKUP_ROUTE, ScreeningDeadline
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore
 from paystream.platform.errors import TransientError
@@ -50,16 +50,25 @@ LATER = timedelta(seconds=10)
 
 
 class FakeFraud:
-    """Stands in for fraud's internal API: records what it was sent, answers ``status``."""
+    """Stands in for fraud's internal API: records the reviews it was sent (answering
+    ``status``) and says it decided the payments in ``decided``; ``away`` refuses all."""
 
     def __init__(self, status: int = 204) -> None:
         self.status = status
         self.sent: list[dict[str, Any]] = []
+        self.decided: set[str] = set()
+        self.away = False
 
     async def request(self, method: str, path: str, caller: Any, *, content: bytes | None = None,
                       **_: Any) -> InternalResponse:
-        assert (method, path) == ("POST", FRAUD_ROUTE)
-        assert content is not None
+        assert method == "POST" and content is not None
+        if self.away:
+            raise TransientError("fraud: connection refused")
+        if path == LOOKUP_ROUTE:
+            asked = msgspec.json.decode(content)["payment_ids"]
+            body = {"decided": sorted(self.decided & set(asked))}
+            return InternalResponse(200, msgspec.json.encode(body), {})
+        assert path == FRAUD_ROUTE
         self.sent.extend(msgspec.json.decode(content)["reviews"])
         return InternalResponse(self.status, b"", {})
 
@@ -128,6 +137,39 @@ async def test_a_payment_fraud_already_decided_is_left_alone_by_the_deadline(pay
 
     assert await worker.sweep_once(datetime.now(UTC) + LATER) == 0
     assert await _status(payments, pid) == ("processing", "approve")
+
+
+async def test_a_payment_fraud_decided_but_whose_decision_is_still_on_its_way_is_left_alone(
+    payments: Any,
+) -> None:
+    fraud_api = FakeFraud()
+    worker, _ = _worker(payments, fraud_api)
+    slow, late = await _create(payments), await _create(payments)
+    fraud_api.decided = {slow}  # our consumer has not applied it yet
+
+    assert await worker.sweep_once(datetime.now(UTC) + LATER) == 1
+    assert await _status(payments, slow) == ("processing", None)
+    assert await _status(payments, late) == ("requires_review", "deadline")
+
+
+async def test_a_decision_fraud_claims_is_awaited_only_so_long(payments: Any) -> None:
+    fraud_api = FakeFraud()
+    worker, _ = _worker(payments, fraud_api)
+    pid = await _create(payments)
+    fraud_api.decided = {pid}  # but it never arrives (fraud's outbox stuck, say)
+
+    assert await worker.sweep_once(datetime.now(UTC) + timedelta(seconds=60)) == 1
+    assert await _status(payments, pid) == ("requires_review", "deadline")
+
+
+async def test_the_deadline_acts_when_fraud_does_not_answer_at_all(payments: Any) -> None:
+    fraud_api = FakeFraud()
+    fraud_api.away = True
+    worker, _ = _worker(payments, fraud_api)
+    pid = await _create(payments)
+
+    assert await worker.sweep_once(datetime.now(UTC) + LATER) == 1
+    assert await _status(payments, pid) == ("requires_review", "deadline")
 
 
 async def test_fraud_approval_after_the_deadline_leaves_the_payment_in_review(payments: Any) -> None:

@@ -24,3 +24,15 @@ class DeadlineReviews(msgspec.Struct, frozen=True, kw_only=True):
     """``POST /internal/reviews/deadline`` on fraud: payments hands these to the review queue."""
 
     reviews: list[DeadlineReview]
+
+
+class DecisionLookup(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /internal/decisions/lookup`` on fraud: which of these payments has it screened?"""
+
+    payment_ids: list[str]
+
+
+class DecisionsFound(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer: the payments fraud has a decision for (its event may still be on the way)."""
+
+    decided: list[str]

@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from paystream.contracts.api import ReviewDecision
-from paystream.contracts.internal import DeadlineReviews
+from paystream.contracts.internal import DeadlineReviews, DecisionLookup, DecisionsFound
 from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore, review_view
 from paystream.platform.errors import Invalid
@@ -89,6 +89,20 @@ def install_routes(
             raise Invalid(f"not a list of deadline reviews: {exc}", code="invalid_request") from exc
         async with pool.acquire() as conn:
             await handlers.open_deadline_reviews(conn, body.reviews, datetime.now(UTC))
+
+    @router.post("/decisions/lookup")
+    async def lookup_decisions(request: Request, _: Caller = Depends(auth)) -> Response:
+        """Which payments fraud has decided: payments asks before its screening deadline
+        sends a payment to review, so a decision that is only slow to reach it is not
+        taken for fraud being late."""
+        try:
+            body = msgspec.json.decode(await request.body(), type=DecisionLookup)
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"not a decision lookup: {exc}", code="invalid_request") from exc
+        async with pool.acquire() as conn:
+            decided = await store.decided(conn, body.payment_ids[:1000])
+        return Response(msgspec.json.encode(DecisionsFound(decided=sorted(decided))),
+                        media_type="application/json")
 
     @router.get("/faults")
     async def get_faults(_: Caller = Depends(auth)) -> JSONResponse:

@@ -4,9 +4,11 @@ Fraud may be slow or far behind (seed 001: decisions slow from 50 ms to 4 s), so
 deadline is kept by payments, which owns the payment, not by fraud. `ScreeningDeadline`
 runs in every copy of the payments service; each round:
 
-1. locks the payments still in ``processing`` with no screening decision whose
-   ``created_at`` is more than ``deadline`` seconds ago (``FOR UPDATE SKIP LOCKED``: one
-   copy takes each, and none waits for a consumer's batch);
+1. finds the payments still in ``processing`` with no screening decision whose
+   ``created_at`` is more than ``deadline`` seconds ago, asks fraud which of them it has
+   decided already (their decision is on its way: our consumer is behind, fraud is not
+   late; no answer within a second counts as none), and locks the others
+   (``FOR UPDATE SKIP LOCKED``: one copy takes each, and none waits for a consumer's batch);
 2. moves each to ``requires_review`` through the state machine (``screening.deadline``, a
    screening decision: from now on fraud's own decision for it changes nothing), and in
    the same transaction writes the ``fraud.review`` event (reason ``screening_deadline``)
@@ -34,7 +36,12 @@ from prometheus_client import Counter
 
 from paystream.contracts.envelope import make_envelope
 from paystream.contracts.events import FraudReview, PaymentOrder
-from paystream.contracts.internal import DeadlineReview, DeadlineReviews
+from paystream.contracts.internal import (
+    DeadlineReview,
+    DeadlineReviews,
+    DecisionLookup,
+    DecisionsFound,
+)
 from paystream.payments.domain import DEADLINE_REASON, next_state
 from paystream.payments.handlers import Changes, order_of
 from paystream.payments.store import PaymentsStore, PendingHandoff
@@ -51,6 +58,11 @@ log = get_logger(__name__)
 METRIC = "paystream_screening_deadline_total"
 # Fraud's internal route that puts deadline reviews in its queue.
 FRAUD_ROUTE = "/internal/reviews/deadline"
+# ... and the one that says which payments it has decided.
+LOOKUP_ROUTE = "/internal/decisions/lookup"
+# For how many deadlines a decision fraud says it made is awaited before the deadline acts
+# anyway (fraud's outbox could be stuck; the ledger then keeps whichever came first).
+_TRUST_DECIDED = 10
 _SYSTEM = Caller(tenant_id="system", client_id="payments", user_id=None, scopes=frozenset(),
                  correlation_id="", idempotency_key=None)
 
@@ -92,19 +104,50 @@ class ScreeningDeadline:
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Send the payments overdue at ``now`` to review; returns how many."""
         now = now or datetime.now(UTC)
-        with held_until_commit():
-            async with self._pool.acquire() as conn, conn.transaction():
-                taken = await self._expire(conn, now)
-        if taken:
-            self._counter.inc(taken)
-        return taken
-
-    async def _expire(self, conn: asyncpg.Connection, now: datetime) -> int:
         # A process just started (after a crash, a deploy) gives its consumers one deadline to
         # apply the screening decisions that wait for it on the bus before judging anything.
         if now < self._started + self._deadline:
             return 0
-        payments = await self._store.overdue(conn, now - self._deadline, self._batch)
+        async with self._pool.acquire() as conn:
+            candidates = await self._store.overdue(conn, now - self._deadline, self._batch)
+        if not candidates:
+            return 0
+        trusted = now - self._deadline * _TRUST_DECIDED
+        decided = await self._decided_by_fraud([pid for pid, created in candidates if created > trusted])
+        due = [pid for pid, _ in candidates if pid not in decided]
+        if not due:
+            return 0
+        with held_until_commit():
+            async with self._pool.acquire() as conn, conn.transaction():
+                taken = await self._expire(conn, due, now)
+        if taken:
+            self._counter.inc(taken)
+        return taken
+
+    async def _decided_by_fraud(self, payment_ids: list[str]) -> set[str]:
+        """The payments fraud has decided, whose decision has not reached us yet (our own
+        consumer is behind): not a missed deadline. Unknown (fraud does not answer within
+        a second) counts as undecided: fraud is away, which is what the deadline is for."""
+        if not payment_ids:
+            return set()
+        body = msgspec.json.encode(DecisionLookup(payment_ids=payment_ids))
+        try:
+            response = await asyncio.wait_for(
+                self._fraud.request("POST", LOOKUP_ROUTE, _SYSTEM, content=body), timeout=1.0
+            )
+            if response.status_code != 200:
+                raise TransientError(f"fraud answered {response.status_code}")
+            found = msgspec.json.decode(response.content, type=DecisionsFound)
+        except (TransientError, TimeoutError, msgspec.DecodeError) as exc:
+            log.warning("fraud_decisions_unknown", error=str(exc) or repr(exc),
+                        payments=len(payment_ids))
+            return set()
+        if found.decided:
+            log.info("screening_decisions_in_flight", payments=len(found.decided))
+        return set(found.decided)
+
+    async def _expire(self, conn: asyncpg.Connection, due: list[str], now: datetime) -> int:
+        payments = await self._store.lock_unscreened(conn, due)
         changes = Changes()
         reviews: list[PendingHandoff] = []
         for payment in payments:

@@ -205,18 +205,31 @@ class PaymentsStore:
 
     async def overdue(
         self, conn: asyncpg.Connection, cutoff: datetime, limit: int
-    ) -> list[dict[str, Any]]:
-        """Lock payments created before ``cutoff`` still waiting for their screening decision.
+    ) -> list[tuple[str, datetime]]:
+        """(id, created_at) of payments created before ``cutoff`` still waiting for their
+        screening decision, oldest first; read without a lock (candidates only).
 
-        Rows another copy of the service holds are skipped (``SKIP LOCKED``): each overdue
-        payment is taken by one worker, and a worker never waits for a consumer's batch.
         Refunds are left out: fraud approves them without rules, and they are never held.
         """
         rows = await conn.fetch(
-            f"SELECT {_COLUMNS} FROM payments WHERE status = 'processing' AND screening IS NULL "
-            "AND created_at <= $1 AND kind <> 'refund' ORDER BY created_at LIMIT $2 "
-            "FOR UPDATE SKIP LOCKED",
+            "SELECT id, created_at FROM payments WHERE status = 'processing' AND screening IS NULL "
+            "AND created_at <= $1 AND kind <> 'refund' ORDER BY created_at LIMIT $2",
             cutoff, limit,
+        )
+        return [(row["id"], row["created_at"]) for row in rows]
+
+    async def lock_unscreened(
+        self, conn: asyncpg.Connection, payment_ids: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Lock those of ``payment_ids`` still in processing with no screening decision.
+
+        Rows another copy of the service (or a consumer's batch) holds are skipped
+        (``SKIP LOCKED``): each is taken by one worker, and a worker never waits.
+        """
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM payments WHERE id = ANY($1::text[]) AND status = 'processing' "
+            "AND screening IS NULL ORDER BY created_at FOR UPDATE SKIP LOCKED",
+            list(payment_ids),
         )
         return [dict(row) for row in rows]
 
