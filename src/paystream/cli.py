@@ -275,6 +275,35 @@ def check(home: HomeOption = Path(".paystream")) -> None:
     raise typer.Exit(0 if report.ok else 1)
 
 
+@app.command()
+def faults(
+    home: HomeOption = Path(".paystream"),
+    decision_delay_ms: Annotated[int | None, typer.Option(
+        "--decision-delay-ms", min=0, max=600_000,
+        help="Make every fraud screening decision wait this long (0: off).",
+    )] = None,
+) -> None:
+    """Game days: show the fraud service's faults, or set them on the running stack."""
+    import httpx
+
+    from paystream.tools.client import ApiError, FraudFaults
+
+    try:
+        switch = FraudFaults.for_home(home)
+    except (FileNotFoundError, KeyError) as exc:
+        console.print(f"[bold red]no stack to set faults on:[/bold red] {exc}")
+        raise typer.Exit(2) from None
+    if decision_delay_ms is None:
+        work = switch.get()
+    else:
+        work = switch.set(decision_delay_ms=decision_delay_ms)
+    try:
+        console.print_json(data=asyncio.run(work))
+    except (ApiError, httpx.HTTPError) as exc:
+        console.print(f"[bold red]faults failed:[/bold red] {exc}")
+        raise typer.Exit(1) from None
+
+
 ledger_app = typer.Typer(help="Operator tools for the ledger.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
 

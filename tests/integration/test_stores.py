@@ -385,9 +385,10 @@ async def test_payments_transitions_persist_with_timeline_and_public_events(paym
     async with payments.acquire() as conn:
         payment, _ = await handlers.create(conn, _payment_values(), "c1")
         pid, order = payment["id"], _order(payment)
+        review_id = new_id("rev")
         for signal in (
-            FraudReview(order=order, review_id=new_id("rev")),
-            FraudApproved(order=order),
+            FraudReview(order=order, review_id=review_id),
+            FraudApproved(order=order, review_id=review_id),  # the reviewer's approval
             LedgerPosted(payment_id=pid, tenant_id=TENANT, transfer_id=new_id("trf")),
             LedgerRejected(payment_id=pid, tenant_id=TENANT, failure_code="late"),  # ignored
         ):

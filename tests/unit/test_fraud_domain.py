@@ -17,6 +17,9 @@ from paystream.fraud.domain import (
     VelocityLimit,
     decide,
     default_rules,
+    needs_rescreen,
+    rescreen_delay,
+    rescreen_step,
 )
 
 LIMIT = 100_000
@@ -166,3 +169,47 @@ def test_a_refund_is_approved_without_rules_even_above_every_limit() -> None:
     rules = default_rules(amount_limit=1_000, review_threshold=500, velocity_limit=1)
     decision = decide(rules, Facts(amount=10_000, currency="USD", kind="refund", recent_payments=None))
     assert decision == Decision("approve", ("refund",))
+
+
+# Re-screening reviews opened only because a dependency was away.
+
+
+def test_reviews_opened_only_for_an_absent_dependency_are_rescreened() -> None:
+    assert needs_rescreen(["screening_deadline"])
+    assert needs_rescreen(["velocity_unavailable"])
+    assert needs_rescreen(["screening_deadline", "velocity_unavailable"])
+
+
+def test_reviews_with_a_risk_reason_are_for_a_human() -> None:
+    assert not needs_rescreen(["amount_in_review_band", "velocity_unavailable"])
+    assert not needs_rescreen([])
+
+
+def test_a_rescreen_the_rules_approve_approves() -> None:
+    assert rescreen_step(decide(_rules(), _facts(1_000, recent_payments=1))) == "approve"
+
+
+def test_a_rescreen_the_rules_decline_declines() -> None:
+    assert rescreen_step(decide(_rules(), _facts(1_000, recent_payments=VELOCITY + 1))) == "decline"
+
+
+def test_a_rescreen_in_the_review_band_goes_to_a_human() -> None:
+    assert rescreen_step(decide(_rules(), _facts(THRESHOLD, recent_payments=1))) == "human"
+
+
+def test_a_rescreen_in_the_review_band_goes_to_a_human_even_without_velocity() -> None:
+    assert rescreen_step(decide(_rules(), _facts(THRESHOLD, recent_payments=None))) == "human"
+
+
+def test_a_rescreen_while_velocity_is_still_away_is_retried() -> None:
+    assert rescreen_step(decide(_rules(), _facts(1_000, recent_payments=None))) == "retry"
+
+
+def test_a_rescreen_never_approves_without_velocity() -> None:
+    assert rescreen_step(decide(_rules(), _facts(1, recent_payments=None))) != "approve"
+
+
+def test_rescreen_backoff_doubles_up_to_its_cap() -> None:
+    delays = [rescreen_delay(n, base=1.0, cap=10.0) for n in range(6)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert rescreen_delay(10_000, base=1.0, cap=10.0) == 10.0

@@ -23,6 +23,7 @@ from paystream.ledger.domain import (
     exchange_legs,
     post_batch,
     refund_legs,
+    screening_step,
     simple_transfer,
 )
 
@@ -499,3 +500,54 @@ def test_a_two_leg_refund_reverses_exactly_the_amount_asked() -> None:
     legs = (Leg("alice", "debit", 500), Leg("bob", "credit", 500))
     assert refund_legs(legs, "USD", 500, 200, 123) == (
         Leg("alice", "credit", 123, "USD"), Leg("bob", "debit", 123, "USD"))
+
+
+# What the ledger does with fraud outcomes: the first screening decision for a payment wins;
+# only a review's resolution closes its hold.
+
+
+def test_a_first_automatic_approval_posts_the_payment() -> None:
+    assert screening_step("approved", resolution=False, decided=False, held=False) == "post"
+
+
+def test_a_first_automatic_review_holds_the_funds() -> None:
+    assert screening_step("review", resolution=False, decided=False, held=False) == "hold"
+
+
+def test_an_automatic_approval_after_the_deadline_held_the_funds_changes_nothing() -> None:
+    # The deadline's review came first: fraud's late approval must not post the hold.
+    assert screening_step("approved", resolution=False, decided=True, held=True) == "ignore"
+
+
+@pytest.mark.parametrize("verb", ["approved", "review", "declined"])
+def test_any_automatic_decision_after_the_first_changes_nothing(verb: str) -> None:
+    for held in (False, True):
+        assert screening_step(verb, resolution=False, decided=True, held=held) == "ignore"  # type: ignore[arg-type]
+
+
+def test_an_automatic_decline_moves_nothing() -> None:
+    assert screening_step("declined", resolution=False, decided=False, held=False) == "ignore"
+
+
+def test_a_reviewers_approval_posts_the_hold() -> None:
+    assert screening_step("approved", resolution=True, decided=True, held=True) == "post_hold"
+
+
+def test_a_reviewers_decline_voids_the_hold() -> None:
+    assert screening_step("declined", resolution=True, decided=True, held=True) == "void_hold"
+
+
+def test_a_resolution_of_a_payment_already_posted_changes_nothing() -> None:
+    # fraud's approval reached the ledger before the deadline's review did: it posted, and
+    # the re-screen of the deadline's review comes too late to move anything.
+    assert screening_step("approved", resolution=True, decided=True, held=False) == "ignore"
+    assert screening_step("declined", resolution=True, decided=True, held=False) == "ignore"
+
+
+def test_a_resolution_before_its_review_reached_the_ledger_posts_once() -> None:
+    assert screening_step("approved", resolution=True, decided=False, held=False) == "post"
+    assert screening_step("review", resolution=False, decided=True, held=False) == "ignore"
+
+
+def test_a_refund_is_never_held() -> None:
+    assert screening_step("review", resolution=False, decided=False, held=False, refund=True) == "ignore"

@@ -106,3 +106,37 @@ def default_rules(
         ReviewBand(review_threshold, amount_limit),
         VelocityLimit(velocity_limit),
     )
+
+
+# -- re-screening ---------------------------------------------------------------------------
+
+DEPENDENCY_REASONS: frozenset[str] = frozenset({"screening_deadline", "velocity_unavailable"})
+"""Reasons that say only that something the rules need was away, not that the payment is risky."""
+
+RescreenStep = Literal["approve", "decline", "human", "retry"]
+
+
+def needs_rescreen(reasons: Sequence[str]) -> bool:
+    """A review opened only because a dependency was away: screen it again once it is back."""
+    return bool(reasons) and all(reason in DEPENDENCY_REASONS for reason in reasons)
+
+
+def rescreen_step(decision: Decision) -> RescreenStep:
+    """What a re-screen's decision does to a review opened only because a dependency was away.
+
+    The rules' answer now stands: an approval or a decline resolves the review as a
+    reviewer's would; a review for a risk the rules see (e.g. the amount) goes to a human;
+    a review that again says only that a dependency is away is tried again later.
+    """
+    if decision.outcome == "approve":
+        return "approve"
+    if decision.outcome == "decline":
+        return "decline"
+    if needs_rescreen(decision.reasons):
+        return "retry"
+    return "human"
+
+
+def rescreen_delay(attempts: int, *, base: float, cap: float) -> float:
+    """Seconds until the next re-screen after ``attempts`` tries: doubling from ``base``, at most ``cap``."""
+    return float(min(cap, base * 2 ** min(attempts, 30)))

@@ -1,14 +1,17 @@
 """Screening: payments.initiated in, fraud.approved | fraud.declined | fraud.review out.
 
-Also the human side: approving or declining a review emits the same events, so an
-approval continues the payment exactly as an automatic approval would.
+Also the human side: approving or declining a review emits the same events, naming the
+review (a *resolution*), so an approval continues the payment as an automatic approval
+would. And the reviews payments' screening deadline opened, put into the queue here with
+a re-screen due (`fraud/rescreen.py` resolves them the same way once fraud is back).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -23,7 +26,8 @@ from paystream.contracts.events import (
     PaymentOrder,
     payload_of,
 )
-from paystream.fraud.domain import Decision, Facts, Rule, decide
+from paystream.contracts.internal import DeadlineReview
+from paystream.fraud.domain import Decision, Facts, Rule, decide, needs_rescreen
 from paystream.fraud.store import FraudStore, review_view
 from paystream.fraud.velocity import VelocityCounter
 from paystream.platform.errors import Conflict, NotFound
@@ -44,12 +48,29 @@ class FraudHandlers:
         rules: Sequence[Rule],
         velocity: VelocityCounter,
         velocity_guard: Guard,
+        rescreen_after: float = 1.0,
     ) -> None:
         self._store = store
         self._outbox = outbox
         self._rules = rules
         self._velocity = velocity
         self._guard = velocity_guard
+        self._rescreen_after = timedelta(seconds=rescreen_after)
+
+    async def screen(self, orders: Sequence[PaymentOrder], delay_ms: int = 0) -> list[Decision]:
+        """The rules' decision for each order: the decision path, with no database work.
+
+        ``delay_ms`` is the game-day fault (PUT /internal/faults): the path waits that long
+        first, as when a dependency of the decision slows down (seed 001).
+        """
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000)
+        counts = await self._recent_counts(orders)
+        return [
+            decide(self._rules, Facts(amount=order.amount, currency=order.currency, kind=order.kind,
+                                      recent_payments=recent))
+            for order, recent in zip(orders, counts, strict=True)
+        ]
 
     async def _recent_counts(self, orders: Sequence[PaymentOrder]) -> list[int | None]:
         """Velocity per order; all None when the counter cannot answer in its budget."""
@@ -71,17 +92,13 @@ class FraudHandlers:
         todo = [(e, o) for e, o in initiated if o.payment_id not in already]
         if not todo:
             return
-        counts = await self._recent_counts([o for _, o in todo])
+        delay_ms = await self._store.decision_delay_ms(conn)
+        screened = await self.screen([o for _, o in todo], delay_ms)
         now = datetime.now(UTC)
         decisions: list[tuple[str, str, str, list[str]]] = []
         reviews: list[dict[str, Any]] = []
         events: list[Envelope] = []
-        for (envelope, order), recent in zip(todo, counts, strict=True):
-            decision = decide(
-                self._rules,
-                Facts(amount=order.amount, currency=order.currency, kind=order.kind,
-                      recent_payments=recent),
-            )
+        for (envelope, order), decision in zip(todo, screened, strict=True):
             with bound(payment_id=order.payment_id, correlation_id=envelope.correlation_id):
                 log_on_commit(log, "fraud_decision", outcome=decision.outcome, reasons=list(decision.reasons))
             decisions.append((order.payment_id, order.tenant_id, decision.outcome, list(decision.reasons)))
@@ -96,6 +113,7 @@ class FraudHandlers:
                     "payment": msgspec.to_builtins(order),
                     "amount": order.amount,
                     "currency": order.currency,
+                    "rescreen_at": now + self._rescreen_after if needs_rescreen(decision.reasons) else None,
                 })
             events.append(_outcome_event(decision, order, review_id, envelope))
         await self._store.add_decisions(conn, decisions, now)
@@ -134,19 +152,45 @@ class FraudHandlers:
                     )
                 order = msgspec.convert(row["payment"], PaymentOrder)
                 reasons = ["review_approved" if approve else "review_declined"]
-                event: msgspec.Struct = (
-                    FraudApproved(order=order, review_id=review_id, reasons=reasons)
-                    if approve
-                    else FraudDeclined(order=order, review_id=review_id, reasons=reasons)
-                )
                 with bound(payment_id=order.payment_id, review_id=review_id):
                     log_on_commit(log, "review_decided", approved=approve, by=decided_by)
                 await self._outbox.add(
-                    conn,
-                    [make_envelope(event, partition_key=order.account_key,
-                                   correlation_id=correlation_id or order.payment_id)],
+                    conn, [resolution_event(order, review_id, approve, reasons, correlation_id)]
                 )
         return review_view(row)
+
+    async def open_deadline_reviews(
+        self, conn: asyncpg.Connection, reviews: Sequence[DeadlineReview], now: datetime
+    ) -> None:
+        """Put the reviews payments' screening deadline opened into the queue, each with a
+        re-screen due (fraud was away: it screens them again once it answers in time). A
+        payment that has a review already keeps it; a review sent twice is one review."""
+        rows = []
+        for review in reviews:
+            order = review.payment
+            with bound(payment_id=order.payment_id, review_id=review.id):
+                log.info("deadline_review_received")
+            rows.append({
+                "id": review.id, "tenant_id": order.tenant_id, "payment_id": order.payment_id,
+                "reasons": ["screening_deadline"], "payment": msgspec.to_builtins(order),
+                "amount": order.amount, "currency": order.currency,
+                "created_at": review.created_at, "rescreen_at": now + self._rescreen_after,
+            })
+        async with conn.transaction():
+            await self._store.add_reviews(conn, rows, now)
+
+
+def resolution_event(
+    order: PaymentOrder, review_id: str, approve: bool, reasons: list[str], correlation_id: str
+) -> Envelope:
+    """The event that resolves a review: the ledger posts (approve) or voids its hold."""
+    event: msgspec.Struct = (
+        FraudApproved(order=order, review_id=review_id, reasons=reasons)
+        if approve
+        else FraudDeclined(order=order, review_id=review_id, reasons=reasons)
+    )
+    return make_envelope(event, partition_key=order.account_key,
+                         correlation_id=correlation_id or order.payment_id)
 
 
 def _outcome_event(

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from paystream.fraud.api import install_routes
 from paystream.fraud.domain import default_rules
 from paystream.fraud.handlers import FraudHandlers
+from paystream.fraud.rescreen import Rescreener, rescreen_counter
 from paystream.fraud.store import FraudStore
 from paystream.fraud.velocity import VelocityCounter
 from paystream.platform.resilience import Guard, GuardPolicy
@@ -28,6 +29,11 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     )
     store = FraudStore()
     budget = settings.fraud_check_budget_seconds
+    velocity_guard = Guard(
+        "redis-velocity",
+        GuardPolicy(timeout=budget, slow_call_seconds=budget / 2, max_concurrent=8, max_wait=budget),
+        metrics=ctx.metrics,
+    )
     handlers = FraudHandlers(
         store=store,
         outbox=ctx.outbox,
@@ -37,11 +43,15 @@ async def build(ctx: ServiceContext) -> ServiceParts:
             velocity_limit=settings.fraud_velocity_limit,
         ),
         velocity=VelocityCounter(client, window_seconds=settings.fraud_velocity_window_seconds),
-        velocity_guard=Guard(
-            "redis-velocity",
-            GuardPolicy(timeout=budget, slow_call_seconds=budget / 2, max_concurrent=8, max_wait=budget),
-            metrics=ctx.metrics,
-        ),
+        velocity_guard=velocity_guard,
+        rescreen_after=settings.fraud_rescreen_backoff_seconds,
+    )
+    rescreener = Rescreener(
+        ctx.db, store, handlers, ctx.outbox, velocity_guard, rescreen_counter(ctx.metrics),
+        budget=settings.fraud_rescreen_budget_seconds,
+        backoff=settings.fraud_rescreen_backoff_seconds,
+        backoff_cap=settings.fraud_rescreen_backoff_cap_seconds,
+        interval=settings.fraud_rescreen_interval_seconds,
     )
     auth = ctx.internal_auth()
 
@@ -54,5 +64,6 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     return ServiceParts(
         install=install,
         handlers={"fraud": handlers.on_payments_initiated},
+        workers=[rescreener.run],
         closers=[close_redis],
     )

@@ -46,16 +46,65 @@ class FraudStore:
     async def add_reviews(
         self, conn: asyncpg.Connection, rows: Sequence[dict[str, Any]], now: datetime
     ) -> None:
+        """Open reviews; a payment that has one already keeps it (one review per payment).
+
+        A row's ``rescreen_at`` (None: a human's only) schedules its re-screen.
+        """
         if not rows:
             return
         await conn.executemany(
             "INSERT INTO reviews (id, tenant_id, payment_id, status, reasons, payment, amount, "
-            "currency, created_at) VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8)",
+            "currency, created_at, rescreen_at) VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (payment_id) DO NOTHING",
             [
                 (r["id"], r["tenant_id"], r["payment_id"], r["reasons"], r["payment"], r["amount"],
-                 r["currency"], now)
+                 r["currency"], r.get("created_at", now), r.get("rescreen_at"))
                 for r in rows
             ],
+        )
+
+    async def due_rescreens(
+        self, conn: asyncpg.Connection, now: datetime, limit: int
+    ) -> list[asyncpg.Record]:
+        """Lock open reviews whose re-screen is due; rows another copy holds are skipped."""
+        return await conn.fetch(
+            f"SELECT {_REVIEW_COLUMNS}, rescreen_attempts FROM reviews "
+            "WHERE status = 'open' AND rescreen_at <= $1 ORDER BY rescreen_at LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED",
+            now, limit,
+        )
+
+    async def reschedule(
+        self, conn: asyncpg.Connection, when: dict[str, datetime]
+    ) -> None:
+        """Try these reviews' re-screens again later (review id → when), one attempt more."""
+        if not when:
+            return
+        ids = sorted(when)
+        await conn.execute(
+            "UPDATE reviews r SET rescreen_at = v.at, rescreen_attempts = r.rescreen_attempts + 1 "
+            "FROM unnest($1::text[], $2::timestamptz[]) AS v(id, at) WHERE r.id = v.id",
+            ids, [when[i] for i in ids],
+        )
+
+    async def to_human(self, conn: asyncpg.Connection, review_id: str, reasons: list[str]) -> None:
+        """No more re-screens: the review waits for a person, with the reasons the rules give now."""
+        await conn.execute(
+            "UPDATE reviews SET rescreen_at = NULL, rescreen_attempts = rescreen_attempts + 1, "
+            "reasons = $2 WHERE id = $1",
+            review_id, reasons,
+        )
+
+    async def decision_delay_ms(self, conn: asyncpg.Connection) -> int:
+        """The game-day fault: how long each screening decision waits (0: not at all)."""
+        value = await conn.fetchval("SELECT decision_delay_ms FROM faults WHERE id = 1")
+        return int(value or 0)
+
+    async def set_decision_delay_ms(self, conn: asyncpg.Connection, delay_ms: int, now: datetime) -> None:
+        await conn.execute(
+            "INSERT INTO faults (id, decision_delay_ms, updated_at) VALUES (1, $1, $2) "
+            "ON CONFLICT (id) DO UPDATE SET decision_delay_ms = $1, updated_at = $2",
+            delay_ms, now,
         )
 
     async def get_review(

@@ -285,6 +285,41 @@ def check_balanced(legs: Iterable[Leg], currency: str | None = None) -> bool:
     return all(total == 0 for total in totals.values())
 
 
+ScreeningVerb = Literal["approved", "review", "declined"]
+Step = Literal["post", "hold", "post_hold", "void_hold", "ignore"]
+
+
+def screening_step(
+    verb: ScreeningVerb, *, resolution: bool, decided: bool, held: bool, refund: bool = False
+) -> Step:
+    """What the ledger does with a fraud outcome for a payment.
+
+    * An automatic **screening decision** (fraud's rules, or payments' screening deadline,
+      which sends a payment to review when fraud is late): **the first one for a payment
+      wins**. Once the payment is decided (posted, held or rejected), a later one, such as
+      fraud's approval arriving after the deadline held the funds, changes nothing: the hold
+      waits for its review. An approval posts; a review holds (a refund is never held: it
+      waits for its approval); a decline holds nothing and moves nothing.
+    * A **resolution of a review** (it names the review: a reviewer's decision, or fraud's
+      re-screen once a dependency is back) closes the hold: an approval posts it, a decline
+      voids it. An approval with no hold posts the payment unless it was decided already
+      (a refund's review, or a review resolved before the ledger saw it).
+
+    ``decided``: the payment has a transfer or a rejection; ``held``: one of them is its hold.
+    """
+    if resolution:
+        if held:
+            return "post_hold" if verb == "approved" else "void_hold"
+        return "post" if verb == "approved" and not decided else "ignore"
+    if decided:
+        return "ignore"
+    if verb == "approved":
+        return "post"
+    if verb == "review":
+        return "ignore" if refund else "hold"
+    return "ignore"
+
+
 @dataclass(slots=True)
 class BatchResult:
     outcomes: list[Outcome] = field(default_factory=list)

@@ -6,6 +6,9 @@
 * ``fraud.review`` holds the payment's funds (a pending transfer) while a human looks, so
   the payer cannot spend them twice. A payer who cannot cover the hold fails at once.
 * ``fraud.declined`` after a review voids the hold.
+* The first screening decision for a payment wins (`screening_step`): when the screening
+  deadline (payments) sent it to review first, fraud's late automatic decision changes
+  nothing; only the review's resolution (it names the review) posts or voids the hold.
 * A hold nobody decides in ``review_hold_seconds`` expires (`HoldSweeper`): the ledger voids
   it itself and the payment fails with ``review_expired``.
 
@@ -39,9 +42,11 @@ from paystream.ledger.domain import (
     HoldState,
     Posted,
     Rejected,
+    ScreeningVerb,
     TransferRequest,
     exchange_legs,
     refund_legs,
+    screening_step,
     simple_transfer,
 )
 from paystream.ledger.lookups import PostedTransfer
@@ -63,7 +68,7 @@ Key = tuple[str, str]  # (tenant, payment id)
 @dataclass(frozen=True, slots=True)
 class _Signal:
     envelope: Envelope
-    verb: str  # approved | review | declined
+    verb: ScreeningVerb
     order: PaymentOrder
     review_id: str | None
 
@@ -83,7 +88,9 @@ def _signals(envelopes: Iterable[Envelope]) -> list[_Signal]:
             out.append(_Signal(e, "review", review.order, review.review_id))
         elif e.type == "fraud.declined":
             declined = payload_of(e, FraudDeclined)
-            if declined.review_id is not None:  # only a reviewed payment has a hold to void
+            # An automatic decline holds and moves nothing (screening_step), so it is left
+            # out here and locks no account; a review's decline voids the hold.
+            if declined.review_id is not None:
                 out.append(_Signal(e, "declined", declined.order, declined.review_id))
     return out
 
@@ -181,12 +188,24 @@ class LedgerHandlers:
         """Apply one signal to the book; the outcome to announce, or None when nothing is due."""
         key, order = signal.key, signal.order
         hold_id = context.holds.get(key)
-        if signal.verb == "declined":
-            if hold_id is not None:
-                book.act_on_hold(HoldAction(new_id("trf"), order.tenant_id, order.payment_id,
-                                            hold_id, "void"))
+        step = screening_step(
+            signal.verb,
+            resolution=signal.review_id is not None and signal.verb != "review",
+            decided=key in context.decided, held=hold_id is not None,
+            refund=order.kind == "refund",
+        )
+        if step == "ignore":
+            if key in context.decided:
+                log.info("ledger_order_already_decided", payment_id=order.payment_id,
+                         signal=signal.envelope.type, correlation_id=signal.envelope.correlation_id)
             return None
-        if signal.verb == "approved" and hold_id is not None:
+        if step == "void_hold":
+            assert hold_id is not None
+            book.act_on_hold(HoldAction(new_id("trf"), order.tenant_id, order.payment_id,
+                                        hold_id, "void"))
+            return None
+        if step == "post_hold":
+            assert hold_id is not None
             posted = book.act_on_hold(HoldAction(new_id("trf"), order.tenant_id, order.payment_id,
                                                  hold_id, "post"))
             if isinstance(posted, Rejected):  # voided or expired before the approval came
@@ -195,17 +214,11 @@ class LedgerHandlers:
             if order.destination_currency:  # the hold covered the source side of an exchange
                 return self._finish_exchange(book, context, order, posted)
             return posted
-        if signal.verb == "review" and order.kind == "refund":
-            return None  # refunds are never held (fraud approves them); wait for the approval
-        if key in context.decided:
-            log.info("ledger_order_already_decided", payment_id=order.payment_id,
-                     correlation_id=signal.envelope.correlation_id)
-            return None
         context.decided.add(key)
         request = self._request(book, context, order)
         if isinstance(request, Rejected):
             return book.refuse(request)
-        if signal.verb == "review":
+        if step == "hold":
             request = self._as_hold(request, order)
             outcome = book.transfer(request)
             if isinstance(outcome, Posted):

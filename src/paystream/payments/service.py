@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import FastAPI
 
 from paystream.payments.api import install_routes
+from paystream.payments.deadline import ScreeningDeadline, deadline_counter
 from paystream.payments.directory import AccountDirectory
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore
 from paystream.platform.internal import InternalClient
 from paystream.platform.resilience import Guard, GuardPolicy
-from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
+from paystream.platform.runtime import Needs, ServiceContext, ServiceParts, Worker
 
 NAME = "payments"
 NEEDS = Needs(postgres=True, bus=True, outbox=True)
@@ -29,6 +32,21 @@ async def build(ctx: ServiceContext) -> ServiceParts:
                   metrics=ctx.metrics)
     directory = AccountDirectory(ctx.db, store, ledger, guard)
     auth = ctx.internal_auth()
+    workers: list[Worker] = []
+    closers: list[Callable[[], Awaitable[None]]] = [ledger.close]
+    if settings.screening_deadline_seconds > 0:
+        fraud = InternalClient(
+            settings.service_urls["fraud"],
+            token=settings.internal_token.get_secret_value(),
+            timeout=min(settings.http_timeout, 5.0),
+        )
+        deadline = ScreeningDeadline(
+            ctx.db, store, ctx.outbox, fraud, deadline_counter(ctx.metrics),
+            deadline=settings.screening_deadline_seconds,
+            interval=settings.screening_deadline_sweep_seconds,
+        )
+        workers += [deadline.run, deadline.run_handoff]
+        closers.append(fraud.close)
 
     def install(app: FastAPI) -> None:
         install_routes(
@@ -41,5 +59,6 @@ async def build(ctx: ServiceContext) -> ServiceParts:
             "payments-fraud": handlers.on_outcomes,
             "payments-ledger": handlers.on_outcomes,
         },
-        closers=[ledger.close],
+        workers=workers,
+        closers=closers,
     )

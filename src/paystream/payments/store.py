@@ -12,7 +12,8 @@ import asyncpg
 _COLUMNS = (
     "id, tenant_id, kind, status, amount, currency, source_account_id, destination_account_id, "
     "failure_code, description, metadata, created_at, updated_at, refund_of, amount_refunded, "
-    "destination_amount, destination_currency, exchange_rate, source_amount, source_currency"
+    "destination_amount, destination_currency, exchange_rate, source_amount, source_currency, "
+    "screening"
 )
 
 
@@ -51,9 +52,23 @@ class DirectoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
+    """A payment's new status; ``screening`` records its first screening decision (None: keep)."""
+
     payment_id: str
     status: str
     failure_code: str | None
+    screening: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingHandoff:
+    """A review the screening deadline opened, on its way to fraud's review queue."""
+
+    payment_id: str
+    tenant_id: str
+    review_id: str
+    payment: dict[str, Any]
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +193,74 @@ class PaymentsStore:
             return
         await conn.execute(
             "UPDATE payments p SET status = u.status, failure_code = u.failure_code, "
-            "updated_at = $4 FROM unnest($1::text[], $2::text[], $3::text[]) "
-            "AS u(id, status, failure_code) WHERE p.id = u.id",
+            "screening = coalesce(p.screening, u.screening), updated_at = $4 "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $5::text[]) "
+            "AS u(id, status, failure_code, screening) WHERE p.id = u.id",
             [u.payment_id for u in updates],
             [u.status for u in updates],
             [u.failure_code for u in updates],
             now,
+            [u.screening for u in updates],
+        )
+
+    async def overdue(
+        self, conn: asyncpg.Connection, cutoff: datetime, limit: int
+    ) -> list[tuple[str, datetime]]:
+        """(id, created_at) of payments created before ``cutoff`` still waiting for their
+        screening decision, oldest first; read without a lock (candidates only).
+
+        Refunds are left out: fraud approves them without rules, and they are never held.
+        """
+        rows = await conn.fetch(
+            "SELECT id, created_at FROM payments WHERE status = 'processing' AND screening IS NULL "
+            "AND created_at <= $1 AND kind <> 'refund' ORDER BY created_at LIMIT $2",
+            cutoff, limit,
+        )
+        return [(row["id"], row["created_at"]) for row in rows]
+
+    async def lock_unscreened(
+        self, conn: asyncpg.Connection, payment_ids: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Lock those of ``payment_ids`` still in processing with no screening decision.
+
+        Rows another copy of the service (or a consumer's batch) holds are skipped
+        (``SKIP LOCKED``): each is taken by one worker, and a worker never waits.
+        """
+        rows = await conn.fetch(
+            f"SELECT {_COLUMNS} FROM payments WHERE id = ANY($1::text[]) AND status = 'processing' "
+            "AND screening IS NULL ORDER BY created_at FOR UPDATE SKIP LOCKED",
+            list(payment_ids),
+        )
+        return [dict(row) for row in rows]
+
+    async def add_deadline_reviews(
+        self, conn: asyncpg.Connection, reviews: Sequence[PendingHandoff]
+    ) -> None:
+        if not reviews:
+            return
+        await conn.executemany(
+            "INSERT INTO deadline_reviews (payment_id, tenant_id, review_id, payment, created_at) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            [(r.payment_id, r.tenant_id, r.review_id, r.payment, r.created_at) for r in reviews],
+        )
+
+    async def unsent_deadline_reviews(
+        self, conn: asyncpg.Connection, limit: int
+    ) -> list[PendingHandoff]:
+        """Lock deadline reviews fraud has not accepted yet (one copy sends each)."""
+        rows = await conn.fetch(
+            "SELECT payment_id, tenant_id, review_id, payment, created_at FROM deadline_reviews "
+            "WHERE sent_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+            limit,
+        )
+        return [PendingHandoff(*row.values()) for row in rows]
+
+    async def mark_sent(
+        self, conn: asyncpg.Connection, payment_ids: Sequence[str], now: datetime
+    ) -> None:
+        await conn.execute(
+            "UPDATE deadline_reviews SET sent_at = $2 WHERE payment_id = ANY($1::text[])",
+            list(payment_ids), now,
         )
 
     async def add_timeline(

@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     fraud_velocity_limit: int = 30
     fraud_velocity_window_seconds: int = 60
     fraud_check_budget_seconds: float = 0.5
+    # The screening deadline (payments/deadline.py): a payment fraud has not decided within
+    # this many seconds of its creation goes to review with its funds held; 0 switches it
+    # off. The worker looks for overdue payments every `screening_deadline_sweep_seconds`.
+    screening_deadline_seconds: float = 2.0
+    screening_deadline_sweep_seconds: float = 0.25
+    # Re-screening (fraud/rescreen.py) of reviews opened only because a dependency was away
+    # (reasons screening_deadline, velocity_unavailable): a re-screen that takes longer than
+    # its budget counts the dependency as still away; attempts back off exponentially from
+    # `fraud_rescreen_backoff_seconds` up to the cap.
+    fraud_rescreen_budget_seconds: float = 1.0
+    fraud_rescreen_backoff_seconds: float = 1.0
+    fraud_rescreen_backoff_cap_seconds: float = 60.0
+    fraud_rescreen_interval_seconds: float = 0.5
 
     # Notifications: webhook deliveries.
     webhook_timeout_seconds: float = 5.0

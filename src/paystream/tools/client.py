@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import stamina
 
+from paystream.platform.http import H_CLIENT, H_INTERNAL_TOKEN, H_TENANT
+
 
 @dataclass(frozen=True, slots=True)
 class StackInfo:
@@ -222,3 +224,38 @@ class PaystreamClient:
             "POST", "/v1/webhook_endpoints", json_body={"url": url, "events": events}
         )
         return result
+
+
+class FraudFaults:
+    """The fraud service's game-day fault switch (``/internal/faults``), for tools and tests.
+
+    It is an internal route, never reachable through the gateway: this talks to the fraud
+    service directly with the stack's internal token (``secrets.json``, 0600, in the home).
+    """
+
+    def __init__(self, fraud_url: str, internal_token: str, *, timeout: float = 10.0) -> None:
+        self._url = fraud_url.rstrip("/") + "/internal/faults"
+        self._headers = {H_INTERNAL_TOKEN: internal_token, H_TENANT: "operator",
+                         H_CLIENT: "paystream-cli"}
+        self._timeout = timeout
+
+    @classmethod
+    def for_home(cls, home: Path) -> FraudFaults:
+        info = StackInfo.load(home)
+        token = json.loads((info.home / "secrets.json").read_text())["internal_token"]
+        return cls(info.operations_urls["fraud"], token)
+
+    async def get(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=self._timeout) as http:
+            response = await http.get(self._url, headers=self._headers)
+        if response.status_code != 200:
+            raise ApiError(response)
+        return dict(response.json())
+
+    async def set(self, *, decision_delay_ms: int) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=self._timeout) as http:
+            response = await http.put(self._url, headers=self._headers,
+                                      json={"decision_delay_ms": decision_delay_ms})
+        if response.status_code != 200:
+            raise ApiError(response)
+        return dict(response.json())
