@@ -123,7 +123,12 @@ async def _kill_one_copy_of_each(stack: UpProcess, copies: dict[str, list[dict[s
 
 
 async def test_two_copies_of_every_service_lose_one_each_mid_run_and_nothing_goes_wrong() -> None:
-    env = {"PAYSTREAM_SCALE": SCALE, "PAYSTREAM_NATS_CLUSTER": "3"}
+    # A dead copy's partitions change hands in about 10 s (lease expiry, then the handover
+    # grace), more than the default 2 s screening deadline: payments held up that long would
+    # go to review and re-screening, which tests/e2e/test_screening_deadline.py covers. Here
+    # the deadline is out of the way, so each scenario's outcome stays exact.
+    env = {"PAYSTREAM_SCALE": SCALE, "PAYSTREAM_NATS_CLUSTER": "3",
+           "PAYSTREAM_SCREENING_DEADLINE_SECONDS": "30"}
     async with running_stack(env, prefix="paystream-e2e-scale-") as stack:
         assert stack.info is not None
         written = json.loads((stack.home / "stack.json").read_text())

@@ -1,7 +1,10 @@
 """Per-account payment velocity in Redis: a sliding-window log keyed by account.
 
 Each payment is added once (its id is the member), so a redelivered event does not
-count twice. A batch is one round trip (a pipeline of one script call per payment).
+count twice. Its count is of the account's payments in the window that ends when it was
+first recorded: screening it again later (a re-screen after the screening deadline) does
+not count the payments that came after it. A batch is one round trip (a pipeline of one
+script call per payment).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 redis.call('ZADD', key, 'NX', now, ARGV[3])
 redis.call('PEXPIRE', key, window)
-return redis.call('ZCARD', key)
+local at = tonumber(redis.call('ZSCORE', key, ARGV[3]))
+return redis.call('ZCOUNT', key, at - window, at)
 """
 
 
