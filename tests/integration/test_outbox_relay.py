@@ -185,3 +185,36 @@ async def test_copies_relaying_side_by_side_publish_in_outbox_order(
     while len(published) < len(envelopes):
         published += [decode(m.data).id for m in await sub.fetch(100, timeout=5)]
     assert published == [e.id for e in envelopes]
+
+
+async def test_the_relay_outlives_the_database_dropping_every_connection(
+    db: Any, nats_bus: Any, bus_names: Any, stream: str, jetstream: Any, admin_pool: Any
+) -> None:
+    # What a PostgreSQL crash does to a service: every connection, the LISTEN one included,
+    # is cut. The relay must come back by itself (it used to die on the pooled listener).
+    from paystream.platform.db import create_pool
+
+    pool = await create_pool(db.role_url, min_size=2, max_size=4, application_name=f"relay-{db.schema}")
+    relay = OutboxRelay(pool, nats_bus, channel=f"{db.schema}_outbox", poll_interval=0.2)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(relay.run(stopping))
+    try:
+        await _add(db, [_envelope(bus_names, 0)])
+        await eventually(lambda: _stream_messages(jetstream, stream))
+        cut = await admin_pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            f"relay-{db.schema}",
+        )
+        assert cut >= 1
+        await asyncio.sleep(0.5)
+        await _add(db, [_envelope(bus_names, n) for n in range(1, 4)])
+
+        async def all_published() -> bool:
+            return await _stream_messages(jetstream, stream) == 4
+
+        await eventually(all_published, timeout=15.0)
+        assert not task.done(), task.exception() if task.done() else None
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, timeout=15)
+        await pool.close()

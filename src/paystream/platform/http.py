@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from paystream.platform.db import is_transient
 from paystream.platform.errors import DomainError, InfrastructureError
 from paystream.platform.observability import Metrics, bound, get_logger
 
@@ -141,7 +142,11 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "1"},
         )
 
-    async def on_unexpected(_: Request, exc: Exception) -> Response:
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        if is_transient(exc):
+            # The database (or another server) went away mid-request. Whether or not its work
+            # committed, the same request with the same Idempotency-Key is safe to send again.
+            return await on_unavailable(request, exc)
         log.error("unhandled_error", error=repr(exc), exc_info=exc)
         return problem(500, "internal_error", "Internal error", "an unexpected error occurred")
 

@@ -123,8 +123,16 @@ class OutboxRelay:
         self._wakeup.set()
 
     async def _ensure_listener(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
+        if self._listener is not None:
+            try:
+                if not self._listener.is_closed():
+                    return
+                await self._pool.release(self._listener)  # dead: give its slot back
+            except asyncpg.InterfaceError:
+                pass  # the pool took it back itself when the server went away
+            except Exception as exc:
+                log.warning("outbox_listener_release_failed", error=repr(exc))
+            self._listener = None
         try:
             conn = await self._pool.acquire()
             await conn.add_listener(self._channel, self._notified)
@@ -141,7 +149,10 @@ class OutboxRelay:
             await conn.remove_listener(self._channel, self._notified)
         except Exception:  # noqa: S110 - closing a broken connection; the pool discards it
             pass
-        await self._pool.release(conn)
+        try:
+            await self._pool.release(conn)
+        except asyncpg.InterfaceError:
+            pass  # already back in the pool (its connection died)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until ``stopping`` is set, then flush what is left (drain)."""
@@ -150,7 +161,11 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                await self._ensure_listener()
+                try:
+                    await self._ensure_listener()
+                except Exception as exc:  # never let the relay die: the poll still moves events
+                    log.warning("outbox_listen_failed", error=repr(exc))
+                    self._listener = None
                 self._wakeup.clear()
                 try:
                     moved = await self.relay_once()
