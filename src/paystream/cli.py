@@ -173,6 +173,49 @@ def bench(
                          accounts=accounts, console=console, json_path=json_path), "bench")
 
 
+@app.command()
+def gameday(
+    scenario: Annotated[str, typer.Argument(
+        help="fraud-slow, kill, nats-node, postgres-restart or redis-down.", show_default=False,
+    )],
+    home: HomeOption = Path(".paystream"),
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start a stack of its own (free ports, temporary home).")
+    ] = False,
+    rate: Annotated[float, typer.Option(help="Payments per second, sent open loop.")] = 30.0,
+    minutes: Annotated[float, typer.Option(help="How long the load lasts; the fault takes its middle third.")] = 3.0,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Where the HTML and JSON report go (default HOME/gameday, ./gameday with --fresh).",
+    )] = None,
+    kill_every: Annotated[float, typer.Option(help="kill: seconds between two SIGKILLs.")] = 5.0,
+    scale: Annotated[str | None, typer.Option(
+        help="With --fresh: copies per service, as for `up --scale`.")] = None,
+    nats_cluster: Annotated[int | None, typer.Option(
+        help="With --fresh: NATS nodes (nats-node needs 3; that is its default).")] = None,
+    screening_deadline: Annotated[float | None, typer.Option(
+        help="With --fresh: the screening deadline in seconds (0: off, to see what it saves).")] = None,
+) -> None:
+    """Chaos under steady load: inject SCENARIO's fault mid-run, record it, judge it, report it."""
+    import httpx
+
+    from paystream.tools.client import ApiError
+    from paystream.tools.gameday import GamedayError, GamedayOptions, run_gameday
+
+    options = GamedayOptions(
+        scenario=scenario, rate=rate, minutes=minutes, home=home, fresh=fresh, report_dir=report,
+        kill_every=kill_every, scale=scale, nats_nodes=nats_cluster, screening_deadline=screening_deadline,
+    )
+    try:
+        code = asyncio.run(run_gameday(options, console))
+    except GamedayError as exc:
+        console.print(f"[bold red]gameday:[/bold red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (ApiError, httpx.HTTPError) as exc:
+        console.print(f"[bold red]gameday failed:[/bold red] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
 keys_app = typer.Typer(help="Signing keys of the access tokens.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -1,5 +1,9 @@
 """Supervising OS processes: start, wait until ready, restart on crash with backoff, stop.
 
+With a ``run_dir``, each process's current pid is in ``<run_dir>/<name>.pid`` (rewritten on
+every restart), and a file ``<run_dir>/<name>.hold`` keeps a process that died from being
+restarted until the file is gone: how `paystream gameday` keeps a server down for a while.
+
 Children get their own session (a Ctrl-C in the terminal reaches only the supervisor,
 which then stops them in the right order) and a parent-death signal (if the
 supervisor itself is killed, they do not linger as orphans).
@@ -58,6 +62,7 @@ class ManagedProcess:
     spec: ProcessSpec
     log_path: Path
     say: Callable[[str], None]
+    run_dir: Path | None = None
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     stopping: bool = False
@@ -96,6 +101,12 @@ class ManagedProcess:
             **kwargs,
         )
         self._started_at = time.monotonic()
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / f"{self.spec.name}.pid").write_text(str(self.process.pid))
+
+    def _held(self) -> bool:
+        return self.run_dir is not None and (self.run_dir / f"{self.spec.name}.hold").exists()
 
     async def _await_ready(self) -> None:
         assert self.process is not None
@@ -142,6 +153,10 @@ class ManagedProcess:
                 f"restarting in {delay:.1f}s (restart {self.restarts})"
             )
             await asyncio.sleep(delay)
+            if self._held():
+                self.say(f"[yellow]{self.spec.name} is held down[/yellow] (remove {self.spec.name}.hold to restart it)")
+                while self._held() and not self.stopping:  # noqa: ASYNC110 - a file another process removes
+                    await asyncio.sleep(0.2)
             if self.stopping:
                 return
             try:
@@ -193,14 +208,16 @@ class ManagedProcess:
 class Supervisor:
     """Starts processes in order and stops them in the reverse order of start groups."""
 
-    def __init__(self, log_dir: Path, say: Callable[[str], None]) -> None:
+    def __init__(self, log_dir: Path, say: Callable[[str], None], run_dir: Path | None = None) -> None:
         self.log_dir = log_dir
         self.say = say
+        self.run_dir = run_dir
         self.processes: dict[str, ManagedProcess] = {}
 
     async def start(self, *specs: ProcessSpec) -> None:
         """Start ``specs`` side by side and wait until all are ready."""
-        managed = [ManagedProcess(spec, self.log_dir / f"{spec.name}.log", self.say) for spec in specs]
+        managed = [ManagedProcess(spec, self.log_dir / f"{spec.name}.log", self.say, self.run_dir)
+                   for spec in specs]
         for process in managed:
             self.processes[process.spec.name] = process
         results = await asyncio.gather(*(p.start() for p in managed), return_exceptions=True)

@@ -227,7 +227,7 @@ class Stack:
         self.options = options
         self.home = options.home.resolve()
         self.console = console
-        self.supervisor = Supervisor(self.home / "logs", self.say)
+        self.supervisor = Supervisor(self.home / "logs", self.say, run_dir=self.home / "run")
         self.info: dict[str, Any] = {}
         self.copies: dict[str, list[Copy]] = {}
         self._nats_names: list[str] = ["nats"]
@@ -251,6 +251,8 @@ class Stack:
     async def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
+        for hold in (self.home / "run").glob("*.hold"):  # left by a game day that was stopped
+            hold.unlink()
         configure_logging("up", "info", stream=open(self.home / "logs" / "up.log", "a"))
         _check_not_running(self.home)
         (self.home / "up.pid").write_text(str(os.getpid()))

@@ -142,43 +142,12 @@ async def run_bench_on_fresh_stack(
     *, payments: int, concurrency: int, accounts: int, console: Console, json_path: Path | None,
 ) -> bool:
     """Start a stack of its own on free ports in a temporary home, bench it, stop it."""
-    import asyncio
-    import signal
-    import subprocess
-    import sys
-    import tempfile
+    from paystream.tools.fresh import FreshStackFailed, fresh_stack
 
-    from paystream.stack.place import purge
-
-    home = Path(tempfile.mkdtemp(prefix="paystream-bench-"))
-    keep = False
-    log = open(home / "up.out", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "paystream", "up", "--home", str(home), "--auto-ports",
-         "--allow-local-webhooks"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
     try:
-        deadline = time.monotonic() + 180
-        while not (home / "stack.json").exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                keep = True  # the log it points to stays, with the servers' logs beside it
-                log.flush()
-                tail = (home / "up.out").read_text(errors="replace").splitlines()[-15:]
-                console.print("\n".join(tail), markup=False, highlight=False)
-                console.print(f"[red]the stack did not start; see {home / 'up.out'} and {home / 'logs'}; "
-                              f"`paystream down --purge --home {home}` removes them[/red]")
-                return False
-            await asyncio.sleep(0.2)
-        return await run_bench(home, payments=payments, concurrency=concurrency,
-                               accounts=accounts, console=console, json_path=json_path)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, 120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
-        if not keep:
-            purge(home)
+        async with fresh_stack(console, prefix="paystream-bench-") as home:
+            return await run_bench(home, payments=payments, concurrency=concurrency,
+                                   accounts=accounts, console=console, json_path=json_path)
+    except FreshStackFailed as exc:
+        console.print(f"[red]{exc}[/red]")
+        return False

@@ -73,13 +73,15 @@ class Tracked:
     """What the engine knows about one payment it sent."""
 
     spec: PaymentSpec
-    sent_at: float = 0.0
+    sent_at: float = 0.0  # the first POST was sent (at a set rate: when it was due)
+    answered_at: float | None = None  # the API accepted it (after any retries)
     payment_id: str | None = None
     api_latency: float | None = None
     rejection: str | None = None  # "<status> <code>" when the API did not answer 202
     status: str | None = None
     failure_code: str | None = None
     terminal_at: float | None = None
+    review_at: float | None = None  # first heard of it waiting for review
     learned_by: str | None = None  # "webhook", "poll" or "api" (the POST's own answer)
     last_news: float = 0.0
     review_approved: bool | None = None
@@ -110,7 +112,11 @@ ReviewDecider = Callable[[PaymentSpec], bool]
 class EngineOptions:
     """How hard and how long the engine pushes."""
 
-    concurrency: int = 32
+    concurrency: int = 32  # POSTs in flight at most
+    # Open loop: start a POST every 1/rate seconds whatever the answers, as real clients do
+    # (``concurrency`` then only caps how many wait at once); None: closed loop, each of
+    # ``concurrency`` workers sends its next one when the last is answered.
+    rate: float | None = None
     poll_after: float = 15.0  # seconds without news about a payment before polling it
     poll_concurrency: int = 4
     stall_timeout: float = 60.0  # give up when nothing settled for this long
@@ -243,6 +249,7 @@ class LoadEngine:
         self.sent = 0
         self.settled = 0
         self.rejected = 0
+        self.answers: Counter[int] = Counter()  # every HTTP status the POSTs got, retries too
 
     @property
     def total(self) -> int:
@@ -283,23 +290,48 @@ class LoadEngine:
         self._done.clear()
         self._last_progress = time.perf_counter()
         self.polls = self.reviews_decided = self.sent = self.settled = self.rejected = 0
+        self.answers.clear()
 
     # -- submission ------------------------------------------------------------------------
 
     async def _submit_all(self) -> None:
+        if self._options.rate is not None:
+            await self._submit_at_rate(self._options.rate)
+            return
         pending = iter(self._tracked)
         workers = min(self._options.concurrency, len(self._tracked))
         await asyncio.gather(*(self._submit_worker(pending) for _ in range(workers)))
+
+    async def _submit_at_rate(self, rate: float) -> None:
+        """One POST due every 1/rate s; a late answer delays none of the next ones."""
+        slots = asyncio.Semaphore(self._options.concurrency)
+        start = time.perf_counter()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def one(tracked: Tracked, due: float) -> None:
+            async with slots:
+                await self._submit(tracked, due=due)
+            self.sent += 1
+
+        for index, tracked in enumerate(self._tracked):
+            due = start + index / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(one(tracked, due)))
+        await asyncio.gather(*tasks)
 
     async def _submit_worker(self, pending: Iterator[Tracked]) -> None:
         for tracked in pending:
             await self._submit(tracked)
             self.sent += 1
 
-    async def _submit(self, tracked: Tracked) -> None:
-        """POST one payment, retrying with the same key when that is safe and useful."""
+    async def _submit(self, tracked: Tracked, *, due: float | None = None) -> None:
+        """POST one payment, retrying with the same key when that is safe and useful. At a
+        set rate its latencies count from when it was ``due``, so a queue before the POST
+        shows in them (no coordinated omission)."""
         path, body = tracked.spec.request()
-        tracked.sent_at = time.perf_counter()
+        tracked.sent_at = time.perf_counter() if due is None else due
         outcome = "no answer"
         for attempt in range(self._options.retries + 1):
             if attempt:
@@ -312,6 +344,7 @@ class LoadEngine:
             except httpx.TransportError as exc:
                 outcome = f"transport {type(exc).__name__}"
                 continue
+            self.answers[response.status_code] += 1
             if response.status_code == 202:
                 self._accept(tracked, response.json(), time.perf_counter() - began)
                 return
@@ -326,7 +359,7 @@ class LoadEngine:
         payment_id = str(payment["id"])
         tracked.payment_id = payment_id
         tracked.api_latency = latency
-        tracked.last_news = time.perf_counter()
+        tracked.answered_at = tracked.last_news = time.perf_counter()
         self._by_id[payment_id] = tracked
         self._open[payment_id] = tracked
         self._apply(tracked, str(payment["status"]), payment.get("failure_code"),
@@ -365,6 +398,7 @@ class LoadEngine:
             self._check_done()
         elif status == "requires_review" and not tracked.reviewed:
             assert tracked.payment_id is not None
+            tracked.review_at = tracked.review_at or at
             self._awaiting_review[tracked.payment_id] = tracked
 
     def _check_done(self) -> None:
