@@ -126,7 +126,7 @@ def eval_times(duration: float, step: float) -> list[float]:
     if step <= 0:
         raise ValueError(f"step must be positive, not {step}")
     times = []
-    count = int(math.floor(duration / step + 1e-9))
+    count = math.floor(duration / step + 1e-9)
     for index in range(max(count, 0) + 1):
         times.append(round(index * step, 3))
     return times
@@ -136,7 +136,7 @@ def promtool_test(
     series: Sequence[dict[str, Any]], alerts: Sequence[str], times: Sequence[float], duration: float
 ) -> dict[str, Any]:
     """The promtool unit-test document (JSON is YAML) that expects no alert at any time."""
-    seconds = max(int(math.ceil(duration)), 0) + 1
+    seconds = max(math.ceil(duration), 0) + 1
     down = scrapes_failed(series)
     inputs = []
     for one in series:
