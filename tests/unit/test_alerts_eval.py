@@ -126,11 +126,29 @@ def test_two_alerts_firing_together_are_both_reported() -> None:
     assert {(f.alert, f.start, f.end) for f in fired} == {("PaystreamOutboxBacklog", 120.0, 200.0)}
 
 
+def test_a_series_recorded_in_two_parts_is_evaluated_as_one() -> None:
+    # A restarted process scraped under the same labels: promtool alone would keep the last part.
+    flapping = [(t + 0.03, float(t % 2)) for t in range(20)]
+    recorded = [
+        series("paystream_ready", flapping, job="paystream-ledger", instance="ledger-2"),
+        series("paystream_ready", steady(1, 60)[20:], instance="ledger-2", job="paystream-ledger"),
+    ]
+    [fired] = evaluate(recorded, duration=60).fired
+    assert fired.alert == "PaystreamReadinessFlapping"
+    assert fired.start == 5.0
+
+
 def test_without_promtool_the_outcome_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     outcome = evaluate_alerts(RULES, quiet_recording(10), duration=10)
     assert outcome == AlertsOutcome(evaluated=False, note=PROMTOOL_MISSING, fired=[])
     assert "\n" not in outcome.note
+
+
+def test_unreadable_rules_leave_them_unevaluated(tmp_path: Path) -> None:
+    outcome = evaluate_alerts(tmp_path / "missing.yml", [], duration=10, promtool=promtool())
+    assert not outcome.evaluated
+    assert outcome.note.startswith("cannot read the alert rules: ")
 
 
 def test_a_promtool_that_fails_unreadably_leaves_the_rules_unevaluated(tmp_path: Path) -> None:
@@ -158,7 +176,7 @@ def test_the_alert_names_are_read_from_the_rules_file() -> None:
 
 
 def test_series_values_put_each_sample_at_its_nearest_second() -> None:
-    samples = [(0.02, 1.0), (1.04, 2.5), (3.97, 3.0), (4.1, float("nan"))]
+    samples = [(0.02, 1.0), (1.04, 2.5), (2.0, None), (3.97, 3.0), (4.1, float("nan"))]
     assert series_values(samples, 6, failed={5}) == "1.0 2.5 _ _ NaN stale"
 
 

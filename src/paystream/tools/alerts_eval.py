@@ -78,14 +78,18 @@ def evaluate_alerts(
     executable = promtool if promtool is not None else shutil.which("promtool")
     if executable is None:
         return AlertsOutcome(evaluated=False, note=PROMTOOL_MISSING, fired=[])
-    alerts = alert_names(rules.read_text())
+    try:
+        rules_text = rules.read_text()
+    except OSError as exc:
+        return AlertsOutcome(evaluated=False, note=f"cannot read the alert rules: {exc}", fired=[])
+    alerts = alert_names(rules_text)
     if not alerts:
         return AlertsOutcome(evaluated=False, note=f"no alert rules found in {rules}", fired=[])
     times = eval_times(duration, step)
     with tempfile.TemporaryDirectory(prefix="paystream-alerts-") as tmp:
         folder = Path(tmp)
         # rule_files are relative to the test file: the copy sits next to it.
-        (folder / "rules.yml").write_text(rules.read_text())
+        (folder / "rules.yml").write_text(rules_text)
         test_file = folder / "replay_test.yml"
         test_file.write_text(json.dumps(promtool_test(series, alerts, times, duration), indent=1))
         try:
@@ -139,13 +143,13 @@ def promtool_test(
     seconds = max(math.ceil(duration), 0) + 1
     down = scrapes_failed(series)
     inputs = []
-    for one in series:
-        labels: dict[str, str] = one.get("labels", {})
+    for (name, label_pairs), samples in merged(series).items():
+        labels = dict(label_pairs)
         target = (labels.get("job", ""), labels.get("instance", ""))
-        failed = set() if one["name"] == "up" else down.get(target, set())
+        failed = set() if name == "up" else down.get(target, set())
         inputs.append({
-            "series": series_selector(one["name"], labels),
-            "values": series_values(one.get("samples", []), seconds, failed),
+            "series": series_selector(name, labels),
+            "values": series_values(samples, seconds, failed),
         })
     tests = []
     for t in times:
@@ -156,6 +160,18 @@ def promtool_test(
         "evaluation_interval": "1s",
         "tests": [{"interval": "1s", "input_series": inputs, "alert_rule_test": tests}],
     }
+
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]  # name, sorted labels
+
+
+def merged(series: Iterable[dict[str, Any]]) -> dict[SeriesKey, list[Sequence[float]]]:
+    """Series of the same name and labels as one: promtool would keep only the last."""
+    samples: dict[SeriesKey, list[Sequence[float]]] = defaultdict(list)
+    for one in series:
+        key = (one["name"], tuple(sorted(one.get("labels", {}).items())))
+        samples[key].extend(one.get("samples", []))
+    return samples
 
 
 def scrapes_failed(series: Iterable[dict[str, Any]]) -> dict[tuple[str, str], set[int]]:
@@ -193,7 +209,7 @@ def series_values(samples: Iterable[Sequence[float]], seconds: int, failed: set[
     by_second: dict[int, float] = {}
     for t, value in samples:
         second = round(t)
-        if 0 <= second < seconds:
+        if value is not None and 0 <= second < seconds:
             by_second[second] = value
     values = []
     for second in range(seconds):

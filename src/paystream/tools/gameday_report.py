@@ -285,8 +285,12 @@ def column(rows: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, flo
 
 
 def per_second(samples: Iterable[Sequence[float]]) -> dict[int, float]:
-    """Samples keyed by their nearest whole second (the last one wins)."""
-    return {round(t): float(value) for t, value in samples}
+    """Samples keyed by their nearest whole second (the last one wins; None is no sample)."""
+    by_second = {}
+    for t, value in samples:
+        if value is not None:
+            by_second[round(t)] = float(value)
+    return by_second
 
 
 def max_lines(series: Sequence[Mapping[str, Any]], metric: str, by: Sequence[str]) -> list[Line]:
