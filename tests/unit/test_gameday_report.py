@@ -14,6 +14,7 @@ import pytest
 from paystream.tools.alerts_eval import AlertsOutcome, FiredAlert
 from paystream.tools.gameday_report import (
     Frame,
+    decades,
     max_lines,
     nice_ticks,
     readiness_rows,
@@ -204,6 +205,11 @@ def test_nice_ticks_are_round_and_cover_the_range() -> None:
     assert nice_ticks(0, 228) == [0, 50, 100, 150, 200, 250]
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(0, 120, 10) == [0, 20, 40, 60, 80, 100, 120]
+
+
+def test_log_ticks_are_the_decades_around_the_values() -> None:
+    assert decades([12.5, 4100.0, 0.0]) == [10.0, 100.0, 1000.0, 10000.0]
+    assert decades([]) == [1.0, 10.0]
 
 
 def test_the_time_axis_spans_the_planned_run_at_least() -> None:

@@ -103,9 +103,9 @@ def evaluate_alerts(
             return AlertsOutcome(evaluated=False, note=f"promtool could not run: {exc}", fired=[])
     try:
         got = parse_promtool_output(result.returncode, result.stdout, result.stderr)
+        fired = firing_spans(got, times)
     except PromtoolOutputError:
         return AlertsOutcome(evaluated=False, note=f"promtool: {first_error_line(result)}", fired=[])
-    fired = firing_spans(got, times)
     note = f"{len(alerts)} alert rules checked every {step:g} s from 0 to {times[-1]:g} s: {len(fired)} firing span(s)"
     return AlertsOutcome(evaluated=True, note=note, fired=fired)
 

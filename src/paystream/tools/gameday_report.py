@@ -129,7 +129,8 @@ def render_html(recording: Mapping[str, Any], alerts: AlertsOutcome) -> str:
         "<h2>Charts</h2>",
         line_chart("Payments per second", throughput_lines(recording.get("seconds", [])), frame,
                    y_label="payments / s"),
-        line_chart("Latency p99 (ms)", latency_lines(recording.get("seconds", [])), frame, y_label="ms"),
+        line_chart("Latency p99 (ms)", latency_lines(recording.get("seconds", [])), frame,
+                   y_label="ms (log scale)", log=True),
         line_chart("Consumer lag (max over instances)",
                    max_lines(series, "paystream_consumer_lag", ("consumer",)), frame, y_label="events"),
         line_chart("Circuit breakers (0 closed, 1 half-open, 2 open)",
@@ -398,14 +399,21 @@ def run_end(recording: Mapping[str, Any]) -> float:
 
 @dataclass(frozen=True)
 class YScale:
-    """Vertical pixels of values from ``low`` (plot bottom) to ``high`` (plot top)."""
+    """Vertical pixels of values from ``low`` (plot bottom) to ``high`` (plot top).
+
+    On a ``log`` scale (``low`` > 0) a value below ``low`` sits on the bottom line.
+    """
 
     low: float
     high: float
+    log: bool = False
 
     def y(self, value: float) -> float:
-        span = self.high - self.low or 1.0
-        return TOP + PLOT_HEIGHT * (1 - (value - self.low) / span)
+        low, high = self.low, self.high
+        if self.log:
+            low, high, value = math.log10(low), math.log10(high), math.log10(max(value, low))
+        span = high - low or 1.0
+        return TOP + PLOT_HEIGHT * (1 - (value - low) / span)
 
 
 def nice_ticks(low: float, high: float, target: int = 5) -> list[float]:
@@ -424,6 +432,14 @@ def nice_ticks(low: float, high: float, target: int = 5) -> list[float]:
     return [round(i * step, 10) for i in range(first, last + 1)]
 
 
+def decades(values: Sequence[float]) -> list[float]:
+    """Powers of ten from below the smallest positive value to above the largest (log ticks)."""
+    positive = [v for v in values if v > 0] or [1.0]
+    first = math.floor(math.log10(min(positive)))
+    last = max(math.ceil(math.log10(max(positive))), first + 1)
+    return [10.0**exponent for exponent in range(first, last + 1)]
+
+
 def number(value: float) -> str:
     if abs(value) >= 10_000:
         return f"{value / 1000:g}k"
@@ -438,17 +454,21 @@ def line_chart(
     y_label: str,
     levels: Sequence[tuple[float, str]] | None = None,
     steps: bool = False,
+    log: bool = False,
 ) -> str:
     """A time-series chart: one polyline per `Line`, y ticks (or named ``levels``), legend.
 
-    ``steps`` draws each value flat until the next, for states rather than quantities.
+    ``steps`` draws each value flat until the next, for states rather than quantities;
+    ``log`` puts the y axis on a log scale, for values that span decades (latencies).
     """
     values = [v for line in lines for _, v in line.points if v is not None]
     if levels is not None:
         ticks = [(value, label) for value, label in levels]
+    elif log:
+        ticks = [(value, number(value)) for value in decades(values)]
     else:
         ticks = [(value, number(value)) for value in nice_ticks(min([0.0, *values]), max([1.0, *values]))]
-    scale = YScale(ticks[0][0], ticks[-1][0])
+    scale = YScale(ticks[0][0], ticks[-1][0], log=log)
     coloured = [(line, line.colour or PALETTE[i % len(PALETTE)]) for i, line in enumerate(lines)]
     parts = [svg_open(title, chart_height(len(lines))), fault_band(frame)]
     for value, label in ticks:
