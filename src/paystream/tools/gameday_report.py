@@ -183,8 +183,8 @@ def events_table(events: Sequence[tuple[float, str]]) -> str:
     if not events:
         return '<p class="note">the runner recorded no events</p>'
     rows = ["<tr><th>#</th><th>at</th><th>what</th></tr>"]
-    for number, (t, what) in enumerate(events, start=1):
-        rows.append(f'<tr><td class="num">{number}</td><td class="num">{seconds(t)}</td><td>{escape(what)}</td></tr>')
+    for index, (t, what) in enumerate(events, start=1):
+        rows.append(f'<tr><td class="num">{index}</td><td class="num">{seconds(t)}</td><td>{escape(what)}</td></tr>')
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 
@@ -229,7 +229,7 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:g}"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
     if isinstance(value, Mapping):
         return ", ".join(f"{key}={show(item)}" for key, item in value.items())
     if isinstance(value, list | tuple):
@@ -576,13 +576,13 @@ def event_markers(frame: Frame, *, bottom: float = TOP + PLOT_HEIGHT) -> str:
     """A dashed line per runner event, numbered as in the events table."""
     parts = []
     label_x = -math.inf
-    for number_, (t, what) in enumerate(frame.events, start=1):
+    for index, (t, what) in enumerate(frame.events, start=1):
         x = frame.x(t)
-        label_x = max(x, label_x + 7 * len(str(number_)) + 6)  # close events: numbers side by side
+        label_x = max(x, label_x + 7 * len(str(index)) + 6)  # close events: numbers side by side
         parts.append(
-            f'<g><title>{number_}: {escape(what)} at {t:g} s</title>'
+            f'<g><title>{index}: {escape(what)} at {t:g} s</title>'
             f'<line class="event" x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{bottom:.0f}"/>'
-            f'<text x="{label_x:.1f}" y="{bottom + 28:.0f}" text-anchor="middle" fill="#57606a">{number_}</text></g>'
+            f'<text x="{label_x:.1f}" y="{bottom + 28:.0f}" text-anchor="middle" fill="#57606a">{index}</text></g>'
         )
     return "\n".join(parts)
 
