@@ -25,6 +25,7 @@ from paystream.notifications import ssrf
 from paystream.notifications.domain import SIGNATURE_HEADER, delivered, retry_delay, sign, wants
 from paystream.notifications.store import NotificationsStore
 from paystream.platform.config import Settings
+from paystream.platform.db import Listener
 from paystream.platform.observability import Metrics, get_logger, log_on_commit
 
 log = get_logger(__name__)
@@ -168,16 +169,10 @@ class DeliveryWorker:
         self._wakeup.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        listener: asyncpg.Connection | None = None
+        listener = Listener(self._pool, self._channel, self._notified, name="deliveries")
         try:
             while not stopping.is_set():
-                if listener is None or listener.is_closed():
-                    try:
-                        listener = await self._pool.acquire()
-                        await listener.add_listener(self._channel, self._notified)
-                    except Exception as exc:
-                        log.warning("deliveries_listen_failed", error=repr(exc))
-                        listener = None
+                await listener.ensure()  # never raises: without it, the poll delivers
                 self._wakeup.clear()
                 try:
                     attempted = await self.deliver_once()
@@ -192,12 +187,7 @@ class DeliveryWorker:
                 except TimeoutError:
                     pass
         finally:
-            if listener is not None:
-                try:
-                    await listener.remove_listener(self._channel, self._notified)
-                except Exception:  # noqa: S110 - the pool discards a broken connection
-                    pass
-                await self._pool.release(listener)
+            await listener.close()
 
     async def close(self) -> None:
         if self._client is not None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import asyncpg
 import orjson
 
 from paystream.platform.errors import TransientError
+from paystream.platform.observability import get_logger
+
+log = get_logger(__name__)
 
 # Errors after which the same work may succeed if tried again later.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -22,6 +26,10 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.QueryCanceledError,
+    # A connection the server dropped mid-operation (a fast shutdown) can be left in a state
+    # asyncpg refuses to use ("cannot switch to state 12; another operation is in progress"):
+    # the pool discards it, and the request may be retried on another.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
@@ -105,3 +113,59 @@ async def ping(pool: asyncpg.Pool, timeout: float = 1.0) -> bool:
 def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
     """A row as a plain dict (``None`` stays ``None``)."""
     return dict(record) if record is not None else None
+
+
+class Listener:
+    """A LISTEN on one channel, held on a connection of ``pool``, that survives the server.
+
+    ``ensure`` (call it before each round of work) makes sure the listener is in place: after
+    PostgreSQL went away (a crash, a fast shutdown) the pool takes the dead connection back
+    by itself, and asking a connection the pool took back anything, even ``is_closed()``,
+    raises; a loop that let that escape died silently and its work waited for ever. So
+    ``ensure`` never raises: when it cannot listen it logs, and the caller's poll carries on.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, channel: str, callback: Any, *, name: str) -> None:
+        self._pool = pool
+        self._channel = channel
+        self._callback = callback
+        self._name = name
+        self._conn: asyncpg.Connection | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None
+
+    async def ensure(self) -> None:
+        if self._conn is not None:
+            try:
+                if not self._conn.is_closed():
+                    return
+                await self._pool.release(self._conn)  # dead: give its slot back
+            except asyncpg.InterfaceError:
+                pass  # the pool took it back itself when the server went away
+            except Exception as exc:
+                log.warning(f"{self._name}_listener_release_failed", error=repr(exc))
+            self._conn = None
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            log.warning(f"{self._name}_listen_failed", error=repr(exc))
+            return
+        try:
+            await conn.add_listener(self._channel, self._callback)
+        except Exception as exc:
+            log.warning(f"{self._name}_listen_failed", error=repr(exc))
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+            return
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        with contextlib.suppress(Exception):  # a broken connection: the pool discards it
+            await conn.remove_listener(self._channel, self._callback)
+        with contextlib.suppress(asyncpg.InterfaceError):  # already back in the pool
+            await self._pool.release(conn)

@@ -22,7 +22,7 @@ import asyncpg
 
 from paystream.contracts.envelope import Envelope, encode, subject_for
 from paystream.platform.bus import Bus, OutgoingMessage
-from paystream.platform.db import is_transient
+from paystream.platform.db import Listener, is_transient
 from paystream.platform.errors import TransientError
 from paystream.platform.observability import Metrics, get_logger
 
@@ -87,7 +87,7 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._duplicate = duplicate_delivery
         self._wakeup = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
+        self._listener = Listener(pool, channel, self._notified, name="outbox")
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows it moved (0 when the outbox is empty)."""
@@ -122,38 +122,6 @@ class OutboxRelay:
     def _notified(self, *_: object) -> None:
         self._wakeup.set()
 
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None:
-            try:
-                if not self._listener.is_closed():
-                    return
-                await self._pool.release(self._listener)  # dead: give its slot back
-            except asyncpg.InterfaceError:
-                pass  # the pool took it back itself when the server went away
-            except Exception as exc:
-                log.warning("outbox_listener_release_failed", error=repr(exc))
-            self._listener = None
-        try:
-            conn = await self._pool.acquire()
-            await conn.add_listener(self._channel, self._notified)
-        except Exception as exc:
-            log.warning("outbox_listen_failed", error=repr(exc))
-            return
-        self._listener = conn
-
-    async def _release_listener(self) -> None:
-        if self._listener is None:
-            return
-        conn, self._listener = self._listener, None
-        try:
-            await conn.remove_listener(self._channel, self._notified)
-        except Exception:  # noqa: S110 - closing a broken connection; the pool discards it
-            pass
-        try:
-            await self._pool.release(conn)
-        except asyncpg.InterfaceError:
-            pass  # already back in the pool (its connection died)
-
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay until ``stopping`` is set, then flush what is left (drain)."""
         failures = 0
@@ -161,11 +129,7 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                try:
-                    await self._ensure_listener()
-                except Exception as exc:  # never let the relay die: the poll still moves events
-                    log.warning("outbox_listen_failed", error=repr(exc))
-                    self._listener = None
+                await self._listener.ensure()  # never raises: without it, the poll moves events
                 self._wakeup.clear()
                 try:
                     moved = await self.relay_once()
@@ -197,4 +161,4 @@ class OutboxRelay:
                 except TimeoutError:
                     pass
         finally:
-            await self._release_listener()
+            await self._listener.close()

@@ -63,6 +63,7 @@ from paystream.tools.bench import BenchPlan
 from paystream.tools.client import FraudFaults, PaystreamClient, StackInfo
 from paystream.tools.invariants import check_invariants
 from paystream.tools.load import (
+    TERMINAL,
     EngineOptions,
     LoadEngine,
     LoadResult,
@@ -72,6 +73,7 @@ from paystream.tools.load import (
     registered_receiver,
     run_with_progress,
 )
+from paystream.tools.receiver import PaymentUpdate
 
 SCENARIOS: dict[str, str] = {
     "fraud-slow": "fraud's decisions take 4 s for the middle third of the run, 50 ms otherwise",
@@ -84,6 +86,7 @@ SLOW_DECISION_MS = 4_000
 NORMAL_DECISION_MS = 50
 LAG_RECOVERY_SECONDS = 60.0  # lag must be back to zero this long after the fault's end
 STUCK_AFTER_SECONDS = 3.0  # a payment in processing this long counts as stuck
+WEBHOOK_GRACE_SECONDS = 30.0  # for the last webhooks (retries back off) once all is terminal
 SCRAPE_INTERVAL = 1.0
 # What the recording keeps of each /metrics: what docs/alerts.yml and the report read.
 KEPT_METRICS = frozenset({
@@ -548,7 +551,38 @@ def _figures(result: LoadResult, engine: LoadEngine, sampler: Sampler, options: 
         "api_p99_ms": _ms(percentile([t.answered_at - t.sent_at for t in result.tracked
                                       if t.answered_at is not None], 99)),
         "statuses": {f"{s}/{c}" if c else s: n for (s, c), n in sorted(result.outcomes().items())},
+        "learned_by": dict(result.learned_by()),
     }
+
+
+class Announcements:
+    """Which payments' outcomes reached the receiver as a signed webhook (late ones too: the
+    engine may have learned an outcome by polling first)."""
+
+    def __init__(self) -> None:
+        self.ended: set[str] = set()
+
+        self._news = asyncio.Event()
+
+    def __call__(self, update: PaymentUpdate) -> None:
+        if update.status in TERMINAL:
+            self.ended.add(update.payment_id)
+            self._news.set()
+
+    def missing(self, result: LoadResult) -> list[str]:
+        return [t.payment_id for t in result.settled if t.payment_id and t.payment_id not in self.ended]
+
+    async def wait(self, result: LoadResult, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.missing(result) and time.monotonic() < deadline:
+            self._news.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), timeout=1.0)
+
+    def check(self, result: LoadResult) -> Check:
+        missing = self.missing(result)
+        return Check("every outcome announced by webhook", not missing,
+                     f"{len(result.settled) - len(missing)} of {len(result.settled)} terminal payments")
 
 
 def _api_check(figures: dict[str, Any]) -> Check:
@@ -619,11 +653,15 @@ async def _run_on(stack: StackHandle, options: GamedayOptions, console: Console,
         sampling = asyncio.create_task(sampler.run(stop))
         fault = asyncio.create_task(FAULTS[options.scenario](stack, options, timeline, console))
         engine = LoadEngine(client, receiver, engine_options)
+        announced = Announcements()
+        receiver.subscribe(announced)
         try:
             result = await run_with_progress(engine, transfers, console, "under load")
             await fault
             await _until_lag_drains(sampler, timeline, end)
+            await announced.wait(result, timeout=WEBHOOK_GRACE_SECONDS)
         finally:
+            receiver.unsubscribe(announced)
             fault.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await fault
@@ -634,7 +672,8 @@ async def _run_on(stack: StackHandle, options: GamedayOptions, console: Console,
                     await FraudFaults.for_home(stack.home).set(decision_delay_ms=0)
     origin = timeline.origin
     figures = _figures(result, engine, sampler, options, origin)
-    report = CheckReport([*(await _ledger_checks(stack, result)), _api_check(figures), _lag_check(figures)])
+    report = CheckReport([*(await _ledger_checks(stack, result)), announced.check(result),
+                          _api_check(figures), _lag_check(figures)])
     ok = report.ok
     failed = [c.name for c in report.failures()]
     verdict = (f"gameday {options.scenario}: PASS" if ok else
@@ -657,7 +696,7 @@ async def _run_on(stack: StackHandle, options: GamedayOptions, console: Console,
     }
     console.print(report.table())
     console.print(_figures_table(figures))
-    html, data = _write_report(recording, options, report_dir, timeline.now())
+    data, html = _write_report(recording, options, report_dir)
     console.print(f"report: {html}\ndata:   {data}")
     console.print(f"[bold {'green' if ok else 'red'}]{verdict}[/]")
     return 0 if ok else 1
@@ -680,13 +719,13 @@ def _deadline(options: GamedayOptions) -> float | None:
     return load_settings().screening_deadline_seconds or None
 
 
-def _write_report(recording: dict[str, Any], options: GamedayOptions, report_dir: Path,
-                  duration: float) -> tuple[Path, Path]:
+def _write_report(recording: dict[str, Any], options: GamedayOptions, report_dir: Path) -> tuple[Path, Path]:
+    """(JSON, HTML) of the run, with which alert rules would have fired when."""
     from paystream.tools.alerts_eval import evaluate_alerts
-    from paystream.tools.gameday_report import write_report
+    from paystream.tools.gameday_report import run_end, write_report
 
     rules = options.alert_rules or REPO_ALERT_RULES
-    alerts = evaluate_alerts(rules, recording["series"], duration=duration)
+    alerts = evaluate_alerts(rules, recording["series"], duration=run_end(recording))
     return write_report(recording, alerts, report_dir)
 
 
