@@ -122,3 +122,22 @@ def test_nats_node_on_a_single_node_stack_is_refused(stack: UpProcess) -> None:
     output = (result.stdout + result.stderr).strip()
     assert len(output.splitlines()) == 1 and "nats-node needs a NATS cluster" in output, output
     assert not (stack.home / "gameday").exists()
+
+
+@pytest.mark.parametrize(("scenario", "event"), [
+    ("kill", "SIGKILL "),
+    ("redis-down", "redis: stopped"),
+    ("nats-node", "SIGKILL NATS node"),
+])
+def test_each_other_scenario_passes_its_verdict(scenario: str, event: str, tmp_path: Path) -> None:
+    # 45 s at 20/s: a 15-s fault (three kills, Redis or one NATS node down) and its recovery.
+    result = gameday(scenario, "--fresh", "--minutes", "0.75", "--rate", "20", "--kill-every", "5",
+                     "--report", str(tmp_path))
+    recording, page = report_of(tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert verdict_line(result) == f"gameday {scenario}: PASS"
+    assert [e for e in recording["events"] if e["what"].startswith(event)], recording["events"]
+    assert recording["figures"]["accepted"] > 0.9 * recording["figures"]["offered"]
+    if scenario == "nats-node":
+        assert recording["params"]["nats_nodes"] == 3
+    assert f"gameday {scenario}: PASS" in page

@@ -127,6 +127,33 @@ async def test_nobody_takes_a_partition_while_its_owner_commits_and_renewal_is_n
     assert 0 in {g.partition for g in (await b.tick()).gained}
 
 
+async def test_a_round_during_a_release_does_not_adopt_the_partition_again(make_schema: Any) -> None:
+    # A copy hands a partition over while its own lease round runs: the round's renewal still
+    # sees the partition as ours (the release has not committed), and used to adopt it again,
+    # starting a worker on a lease the release then gave away. That worker, fenced, could
+    # still fetch and hand back messages around the new owner's, out of order (found by
+    # test_copies_share_a_consumer_and_a_stopping_copy_hands_over_in_order under load).
+    db = await make_schema("payments")
+    single = await create_pool(db.role_url, min_size=1, max_size=1)
+    try:
+        a = PartitionLeases(single, consumer="c", partitions=PARTITIONS, member="a")
+        await a.tick()
+        async with single.acquire():  # both wait for the one connection: the round first
+            round_ = asyncio.create_task(a.tick())
+            await asyncio.sleep(0.05)
+            release = asyncio.create_task(a.release([4]))
+            await asyncio.sleep(0.05)
+        result, _ = await asyncio.gather(round_, release)
+        assert 4 not in {lease.partition for lease in result.gained}
+        assert 4 not in a.held and result.lost == []
+        rows = {r["partition"]: (r["owner"], r["epoch"]) for r in await db.pool.fetch(
+            "SELECT partition, owner, epoch FROM partition_leases WHERE consumer = 'c'")}
+        assert rows[4][0] is None
+        assert all(rows[p] == ("a", lease.epoch) for p, lease in a.held.items())
+    finally:
+        await single.close()
+
+
 # ------------------------------------------------------------------ partitioned consumers
 
 

@@ -108,6 +108,9 @@ class PartitionLeases:
         self._ttl = lease_seconds
         self._clock = clock
         self.held: dict[int, PartitionLease] = {}
+        # Being given back: a round meanwhile must neither adopt them again (the database still
+        # names us until the release commits) nor call them lost.
+        self._releasing: set[int] = set()
         self.members = 0
 
     def _lease(self, partition: int, epoch: int, started: float) -> PartitionLease:
@@ -146,10 +149,13 @@ class PartitionLeases:
             )
             kept = {row["partition"]: row["epoch"] for row in renewed}
             gained: list[PartitionLease] = []
-            lost = [p for p, lease in self.held.items() if kept.get(p) != lease.epoch]
+            lost = [p for p, lease in self.held.items()
+                    if kept.get(p) != lease.epoch and p not in self._releasing]
             for partition in lost:
                 del self.held[partition]
             for partition, epoch in kept.items():
+                if partition in self._releasing:
+                    continue
                 if partition in self.held:
                     self.held[partition].valid_until = started + self._ttl - SAFETY_MARGIN
                 else:  # an earlier round committed but its answer was lost on the way
@@ -178,17 +184,25 @@ class PartitionLeases:
     async def release(self, partitions: list[int]) -> None:
         """Give partitions back at once (their work is finished), so another member need not
         wait for the lease to expire."""
-        leases = [self.held.pop(p) for p in partitions if p in self.held]
+        leases = [self.held[p] for p in partitions if p in self.held and p not in self._releasing]
         if not leases:
             return
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
-                "WHERE consumer = $1 AND owner = $2 "
-                "AND (partition, epoch) IN (SELECT * FROM unnest($3::int[], $4::bigint[]))",
-                self.consumer, self.member,
-                [lease.partition for lease in leases], [lease.epoch for lease in leases],
-            )
+        giving = {lease.partition for lease in leases}
+        self._releasing |= giving
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' "
+                    "WHERE consumer = $1 AND owner = $2 "
+                    "AND (partition, epoch) IN (SELECT * FROM unnest($3::int[], $4::bigint[]))",
+                    self.consumer, self.member,
+                    [lease.partition for lease in leases], [lease.epoch for lease in leases],
+                )
+        finally:
+            # Given back, or (the update failed) left to expire: either way no longer ours to use.
+            self._releasing -= giving
+            for partition in giving:
+                self.held.pop(partition, None)
 
     async def leave(self) -> None:
         """Release everything and stop counting as a member (a clean stop)."""
