@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -43,6 +44,11 @@ Fence = Callable[[asyncpg.Connection], Awaitable[None]]
 
 # A message that fails with a non-transient error this many times goes to the DLQ.
 MAX_FAILED_ATTEMPTS = 5
+# A batch that fails transiently is retried in place this many times, waiting at most the cap
+# between tries (in all about 13 s: well inside the broker's 30 s ack_wait, so nothing is
+# redelivered behind the consumer's back meanwhile); then it is handed back to the broker.
+TRANSIENT_RETRIES = 6
+TRANSIENT_BACKOFF_CAP = 5.0
 
 
 def _backoff(attempt: int) -> float:
@@ -151,15 +157,15 @@ class EventConsumer:
         if not items:
             return
         try:
-            await self._apply([envelope for _, envelope in items])
+            await self._apply_in_place([envelope for _, envelope in items])
         except LeaseLost as exc:
             log.warning("consumer_fenced", consumer=self.spec.durable, error=str(exc))
             await self._hand_back([delivery for delivery, _ in items])
             return
         except Exception as exc:
             if is_transient(exc):
-                log.warning("consumer_batch_retry", consumer=self.name, error=repr(exc))
-                await self._settle(items, "retried", nak=True)
+                log.warning("consumer_batch_handed_back", consumer=self.name, error=repr(exc))
+                await self._hand_back([delivery for delivery, _ in items])
                 return
             log.warning("consumer_batch_split", consumer=self.name, error=repr(exc))
             await self._one_by_one(items)
@@ -171,15 +177,17 @@ class EventConsumer:
     async def _one_by_one(self, items: list[tuple[Delivery, Envelope]]) -> None:
         for delivery, envelope in items:
             try:
-                await self._apply([envelope])
+                await self._apply_in_place([envelope])
             except LeaseLost:
                 await self._hand_back([d for d, _ in items[items.index((delivery, envelope)):]])
                 return
             except Exception as exc:
-                if is_transient(exc) or (
-                    not isinstance(exc, PoisonMessage)
-                    and delivery.num_delivered < MAX_FAILED_ATTEMPTS
-                ):
+                if is_transient(exc):
+                    log.warning("consumer_batch_handed_back", consumer=self.name, event_id=envelope.id,
+                                error=repr(exc))
+                    await self._hand_back([d for d, _ in items[items.index((delivery, envelope)):]])
+                    return
+                if not isinstance(exc, PoisonMessage) and delivery.num_delivered < MAX_FAILED_ATTEMPTS:
                     log.warning(
                         "consumer_event_retry",
                         consumer=self.name,
@@ -192,6 +200,25 @@ class EventConsumer:
                     await self._dead_letter(delivery, envelope, exc)
                 continue
             await self._settle([(delivery, envelope)], "applied")
+
+    async def _apply_in_place(self, envelopes: list[Envelope]) -> None:
+        """Apply; a transient failure (a lost connection, a deadlock, a timeout) is retried
+        right here, holding the partition, so one key's events still apply in order. A nak
+        let the next events overtake them: the broker serves a fetch before it has taken
+        the naks in. Past TRANSIENT_RETRIES, or with the lease going, the error is raised."""
+        for attempt in itertools.count(1):
+            try:
+                await self._apply(envelopes)
+                return
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if not is_transient(exc) or attempt > TRANSIENT_RETRIES or not self._may_fetch():
+                    raise
+                log.warning("consumer_batch_retry", consumer=self.name, attempt=attempt, error=repr(exc))
+                if self._metrics:
+                    self._metrics.events_consumed.labels(self.name, "retried").inc(len(envelopes))
+                await asyncio.sleep(min(TRANSIENT_BACKOFF_CAP, _backoff(attempt)))
 
     async def _apply(self, envelopes: list[Envelope]) -> None:
         unique: dict[str, Envelope] = {}
