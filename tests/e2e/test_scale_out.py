@@ -91,14 +91,17 @@ def _order_kept(inputs: list[tuple[str, dict[str, Any], str]],
         if kind in types and counts[_payment_of(payload)] == 1:
             went_in.setdefault(key, []).append(_payment_of(payload))
     came_out: dict[str, list[str]] = {}
-    for _, payload, key in outputs:
+    what: dict[str, list[str]] = {}
+    for kind, payload, key in outputs:
         came_out.setdefault(key, []).append(_payment_of(payload))
+        what.setdefault(key, []).append(f"{_payment_of(payload)[-6:]}:{kind}")
     broken = []
     for key, order in went_in.items():
         wanted = set(order)
         seen = [p for p in dict.fromkeys(came_out.get(key, [])) if p in wanted]
         if seen != [p for p in order if p in set(seen)]:
-            broken.append(key)
+            # What went wrong, for the failure message: the order in, and everything out.
+            broken.append(f"{key}: in {[p[-6:] for p in order]} out {what[key]}")
     return broken
 
 
@@ -180,5 +183,7 @@ async def test_two_copies_of_every_service_lose_one_each_mid_run_and_nothing_goe
         fraud = await _stream(nats_urls, "FRAUD")
         ledger = await _stream(nats_urls, "LEDGER")
         initiated = [m for m in payments if m[0] == "payments.initiated"]
-        assert _order_kept(initiated, fraud, {"payments.initiated"}) == []
-        assert _order_kept(fraud, ledger, {"fraud.approved"}) == []
+        broken = _order_kept(initiated, fraud, {"payments.initiated"})
+        assert not broken, "payments screened out of order:\n" + "\n".join(broken)
+        broken = _order_kept(fraud, ledger, {"fraud.approved"})
+        assert not broken, "decisions applied out of order:\n" + "\n".join(broken)

@@ -81,6 +81,7 @@ class EventConsumer:
         self._subscription: Subscription | None = None
         self.busy = False
         self.bound = False
+        self._handed_back = False
 
     @property
     def name(self) -> str:
@@ -93,8 +94,14 @@ class EventConsumer:
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until ``stopping`` is set; the batch in hand is always finished first."""
         attempt = 0
+        self._handed_back = False
         try:
             while not stopping.is_set():
+                if self._handed_back and self._lease is not None:
+                    # What went back must come again before anything newer, and the broker may
+                    # serve a fetch before it has taken the naks in: the partition's owner
+                    # starts over through its handover (PartitionedConsumer._take_over).
+                    return
                 if not self._may_fetch():
                     # The lease was not renewed in time: another copy may own the partition soon.
                     await asyncio.sleep(0.1)
@@ -141,6 +148,7 @@ class EventConsumer:
     async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         """Not ours to apply (the lease is gone or going): make them due again at once, so the
         partition's next owner gets them in order."""
+        self._handed_back = True
         for delivery in deliveries:
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=0)
@@ -410,8 +418,14 @@ class PartitionedConsumer:
         stop = asyncio.Event()
 
         async def consume() -> None:
-            await self._take_over(spec, stop)
-            if not stop.is_set():
+            while not stop.is_set():
+                if not lease.valid:  # fenced: until a renewal proves it ours, or we stop
+                    await asyncio.sleep(0.2)
+                    continue
+                await self._take_over(spec, stop)
+                if stop.is_set():
+                    return
+                # Returns before `stop` only after handing messages back (see EventConsumer.run).
                 await worker.run(stop)
 
         self._workers[lease.partition] = (worker, stop, asyncio.create_task(consume()))

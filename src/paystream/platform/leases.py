@@ -76,6 +76,8 @@ class PartitionLease:
             self.consumer, self.partition, self.owner, self.epoch,
         )
         if not still_ours:
+            # Fetch nothing more on it until a renewal proves it ours again (same epoch).
+            self.valid_until = float("-inf")
             raise LeaseLost(f"{self.consumer} partition {self.partition}: lease lost (epoch {self.epoch})")
 
 
