@@ -267,3 +267,36 @@ async def test_a_new_owner_gets_what_a_dead_owner_fetched_and_never_settled_in_o
     await _check_applied_once_in_order(admin, keys, per_key)
     for sub in dead:
         await sub.close()
+
+
+async def test_a_delivery_the_owner_never_received_comes_again_before_newer_events(
+    schema: tuple[asyncpg.Pool, asyncpg.Pool], nats_bus: Any, bus_names: Any
+) -> None:
+    # A fetch's answer lost on the way (the NATS node it came through died mid-run), seen from
+    # the owner: the durable delivered a message that never arrived, and JetStream would send it
+    # again only after ack_wait (30 s), behind newer events. Here another subscriber on the
+    # same durable takes that message and sits on it. The owner sees the jump in the durable's
+    # delivery sequence and starts over, so the key's events still apply in order.
+    pool, admin = schema
+    logical = bus_names.consumer("group")
+    parts = [partition_consumer(logical, k) for k in range(PARTITIONS)]
+    await nats_bus.ensure_topology([bus_names.stream], parts)
+    key = "acct-gap"
+    spec = parts[partition_of(key, PARTITIONS)]
+    owner = PartitionedConsumer(
+        spec=logical, bus=nats_bus, pool=pool, handler=_recorder("owner"),
+        partitions=PARTITIONS, member="owner", tick_seconds=0.2, batch=2,
+    )
+    async with _running(owner):
+        await _publish(nats_bus, bus_names, [_envelope(key, n) for n in range(5)])
+        await eventually(lambda: admin.fetchval("SELECT count(*) = 5 FROM effects"), timeout=15)
+        thief = await nats_bus.subscribe(spec)
+        stolen = asyncio.create_task(thief.fetch(1, timeout=5))
+        await asyncio.sleep(0.2)  # its pull waits beside the owner's
+        for n in range(5, 30):
+            await _publish(nats_bus, bus_names, [_envelope(key, n)])
+            await asyncio.sleep(0.02)
+        assert len(await stolen) == 1
+        await eventually(lambda: admin.fetchval("SELECT count(*) = 30 FROM effects"), timeout=20)
+        await thief.close()
+    await _check_applied_once_in_order(admin, 1, 30)

@@ -82,11 +82,18 @@ class EventConsumer:
         self.busy = False
         self.bound = False
         self._handed_back = False
+        self._last_seq = 0  # the last delivery_seq this run saw (0: none yet)
 
     @property
     def name(self) -> str:
         """The inbox name: the logical consumer, the same for each of its partitions."""
         return self.spec.inbox
+
+    def _missed(self, deliveries: Sequence[Delivery]) -> bool:
+        """True when deliveries were made between the last batch and this one that we never got."""
+        expected = self._last_seq + 1
+        self._last_seq = deliveries[-1].delivery_seq
+        return expected > 1 and deliveries[0].delivery_seq != expected
 
     def _may_fetch(self) -> bool:
         return self._lease is None or self._lease.valid
@@ -95,6 +102,7 @@ class EventConsumer:
         """Consume until ``stopping`` is set; the batch in hand is always finished first."""
         attempt = 0
         self._handed_back = False
+        self._last_seq = 0
         try:
             while not stopping.is_set():
                 if self._handed_back and self._lease is not None:
@@ -119,6 +127,14 @@ class EventConsumer:
                     await asyncio.sleep(_backoff(attempt))
                     continue
                 if deliveries and not self._may_fetch():
+                    await self._hand_back(deliveries)
+                    continue
+                if deliveries and self._lease is not None and self._missed(deliveries):
+                    # Delivered to us and lost on the way (a fetch's answer, when the NATS node
+                    # it came through died), or to a copy that no longer owns the partition: it
+                    # would come again only after ack_wait, behind newer events. Start over.
+                    log.warning("consumer_delivery_gap", consumer=self.spec.durable,
+                                expected=self._last_seq + 1, got=deliveries[0].delivery_seq)
                     await self._hand_back(deliveries)
                     continue
                 if deliveries:

@@ -52,10 +52,11 @@ class _Consumer:
     redeliver: list[tuple[float, int]] = field(default_factory=list)  # (not before, seq)
     deliveries: dict[int, int] = field(default_factory=dict)  # seq -> times delivered
     unacked: set[int] = field(default_factory=set)
+    delivered: int = 0  # deliveries made, redeliveries included
 
 
 class MemoryDelivery:
-    __slots__ = ("_bus", "_consumer", "_num_delivered", "_settled", "_stored")
+    __slots__ = ("_bus", "_consumer", "_delivery_seq", "_num_delivered", "_settled", "_stored")
 
     def __init__(self, bus: MemoryBus, consumer: _Consumer, stored: _Stored) -> None:
         self._bus = bus
@@ -64,6 +65,8 @@ class MemoryDelivery:
         self._settled = False
         # Fixed at delivery time, as a broker's delivery metadata is.
         self._num_delivered = consumer.deliveries[stored.seq]
+        consumer.delivered += 1
+        self._delivery_seq = consumer.delivered
 
     @property
     def subject(self) -> str:
@@ -76,6 +79,10 @@ class MemoryDelivery:
     @property
     def num_delivered(self) -> int:
         return self._num_delivered
+
+    @property
+    def delivery_seq(self) -> int:
+        return self._delivery_seq
 
     def _settle(self) -> bool:
         if self._settled:

@@ -76,6 +76,10 @@ class NatsDelivery:
     def num_delivered(self) -> int:
         return int(self._msg.metadata.num_delivered)
 
+    @property
+    def delivery_seq(self) -> int:
+        return int(self._msg.metadata.sequence.consumer)
+
     async def ack(self) -> None:
         await self._msg.ack()
 
