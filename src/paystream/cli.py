@@ -338,6 +338,41 @@ def ledger_verify(
     raise typer.Exit(0 if report.ok else 1)
 
 
+fraud_app = typer.Typer(help="The fraud model: simulated traffic, training.", no_args_is_help=True)
+app.add_typer(fraud_app, name="fraud")
+err_console = Console(stderr=True, highlight=False)
+
+
+def _refuse(message: str) -> None:
+    """Bad input: one line on stderr, exit 2."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@fraud_app.command("simulate")
+def fraud_simulate(
+    seed: Annotated[int, typer.Option(help="Seed: the same seed, days and users give the same files.")] = 1,
+    days: Annotated[int, typer.Option(help="Days of traffic.")] = 30,
+    users: Annotated[int, typer.Option(help="Honest wallets (at least 10).")] = 400,
+    out: Annotated[Path, typer.Option("--out", help="Directory to write payments.csv and meta.json into.")] = Path(
+        "fraud-data"),
+) -> None:
+    """Write seeded, labelled wallet traffic (honest users and fraud patterns) for `fraud train`."""
+    from paystream.fraud.simulate import simulate, write
+
+    if days < 1 or days > 3650:
+        _refuse(f"--days takes 1 to 3650, not {days}")
+    if users < 10 or users > 1_000_000:
+        _refuse(f"--users takes 10 to 1000000, not {users}")
+    if out.exists() and not out.is_dir():
+        _refuse(f"--out {out} exists and is not a directory")
+    try:
+        meta = write(simulate(seed=seed, days=days, users=users), out, seed=seed, days=days, users=users)
+    except OSError as exc:
+        _refuse(f"cannot write {out}: {exc.strerror or exc}")
+    console.print(f"{meta['payments']} payments ({meta['fraud']} fraud) written to {out}")
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()
