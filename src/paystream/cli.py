@@ -373,6 +373,52 @@ def fraud_simulate(
     console.print(f"{meta['payments']} payments ({meta['fraud']} fraud) written to {out}")
 
 
+@fraud_app.command("train")
+def fraud_train(
+    data: Annotated[Path, typer.Option("--data", help="Where `fraud simulate` wrote its files.")] = Path("fraud-data"),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="The model artefact to write (default DATA/model.json)."
+    )] = None,
+    seed: Annotated[int, typer.Option(help="The training seed (recorded in the artefact).")] = 7,
+) -> None:
+    """Train the fraud model on simulated traffic; print rules against model on the later held-out slice."""
+    import json as json_module
+
+    from rich.table import Table
+
+    from paystream.fraud.simulate import read
+    from paystream.fraud.train import train, write_artefact
+
+    try:
+        payments = read(data)
+        meta = json_module.loads((data / "meta.json").read_text())
+    except FileNotFoundError:
+        _refuse(f"no simulated traffic in {data} (run `paystream fraud simulate --out {data}` first)")
+    except (ValueError, KeyError) as exc:
+        _refuse(f"{data} does not hold simulator output: {exc}")
+    if sum(p.label for p in payments) < 20:
+        _refuse(f"{data} has too little fraud to train on; simulate more days or users")
+    artefact = train(payments, seed=seed, data_meta=meta)
+    target = out or data / "model.json"
+    try:
+        write_artefact(artefact, target)
+    except OSError as exc:
+        _refuse(f"cannot write {target}: {exc.strerror or exc}")
+    metrics = artefact["metrics"]
+    held = metrics["held_out"]
+    table = Table(title=f"held-out later slice: {held['payments']} payments, {held['fraud']} fraud")
+    for column in ("", "review precision", "review recall", "decline precision", "decline recall", "PR-AUC"):
+        table.add_column(column, justify="right")
+    for name in ("rules", "model", "combined"):
+        m = metrics[name]
+        table.add_row(name, *("—" if m[k] is None else f"{m[k]:.3f}" for k in (
+            "review_precision", "review_recall", "decline_precision", "decline_recall", "pr_auc")))
+    console.print(table)
+    thresholds = artefact["thresholds"]
+    console.print(f"model {artefact['version']} (review at {thresholds['review']:.4f}, decline at "
+                  f"{thresholds['decline']:.4f}) written to {target}")
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

@@ -222,6 +222,29 @@ class Simulator:
                 at = midnight + offset
                 if at > user.opened_ms:
                     self._add(at, kind, source, destination, amount, user.device)
+            self._plan_honest_twins(user, midnight)
+
+    def _plan_honest_twins(self, user: _User, midnight: int) -> None:
+        """Honest days that look like fraud: a collection among friends (fan-in), savings moved
+        to a new account of one's own (a drain to someone new), a run of small payments."""
+        rng = self._rng
+        at = midnight + self._hour_ms(user)
+        if at <= user.opened_ms:
+            return
+        if user.circle and rng.random() < 0.01:
+            for friend in user.circle:
+                self._add(at + int(rng.uniform(0, 6) * HOUR_MS), "transfer", friend, user.account,
+                          int(rng.uniform(1_000, 5_000)), friend.replace("acc_u", "dev_u"))
+        if rng.random() < 0.001:
+            own = self._fresh_account("s")
+            for n in range(rng.randint(1, 2)):
+                self._add(at + n * int(rng.uniform(1, 10) * MINUTE_MS), "transfer", user.account, own, 0,
+                          user.device, drain=rng.uniform(0.5, 0.9))
+        if rng.random() < 0.003:
+            small = [m for m, category in self.merchants if category in ("transport", "coffee")]
+            for _ in range(rng.randint(5, 12)):
+                at += int(rng.uniform(1, 8) * MINUTE_MS)
+                self._add(at, "transfer", user.account, rng.choice(small), rng.randint(100, 500), user.device)
 
     # -- fraud -------------------------------------------------------------------------
 
