@@ -279,6 +279,9 @@ class Review(_Response):
     currency: str
     created_at: datetime
     decided_at: datetime | None = None
+    score: float | None = Field(
+        default=None, description="the fraud model's probability of fraud, when it scored the payment")
+    model_version: str | None = Field(default=None, description="the model version that gave the score")
 
 
 class ReviewDecision(_Request):
