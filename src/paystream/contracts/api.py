@@ -284,6 +284,23 @@ class Review(_Response):
     model_version: str | None = Field(default=None, description="the model version that gave the score")
 
 
+FraudReportReason = Literal["chargeback", "fraud_claim", "account_takeover", "scam"]
+
+
+class FraudReportCreate(_Request):
+    reason: FraudReportReason
+    note: str | None = Field(default=None, max_length=1000)
+
+
+class FraudReport(_Response):
+    """A payment reported as fraud after the fact: a training label for the next model."""
+
+    payment_id: str
+    reason: str
+    note: str | None = None
+    created_at: datetime
+
+
 class ReviewDecision(_Request):
     note: str | None = Field(default=None, max_length=1000)
 

@@ -238,12 +238,35 @@ class FraudHandlers:
                     )
                 order = msgspec.convert(row["payment"], PaymentOrder)
                 reasons = ["review_approved" if approve else "review_declined"]
+                await self._store.add_label(
+                    conn, payment_id=order.payment_id, tenant_id=tenant_id, source="review",
+                    label=0 if approve else 1, reason=reasons[0], note=note, created_by=decided_by,
+                    now=datetime.now(UTC),
+                )
                 with bound(payment_id=order.payment_id, review_id=review_id):
                     log_on_commit(log, "review_decided", approved=approve, by=decided_by)
                 await self._outbox.add(
                     conn, [resolution_event(order, review_id, approve, reasons, correlation_id)]
                 )
         return review_view(row)
+
+    async def report_fraud(
+        self, conn: asyncpg.Connection, *, tenant_id: str, payment_id: str, reason: str, note: str | None,
+        reported_by: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a fraud report as a training label; (report, created). A payment fraud never
+        screened for this tenant is not found; a second report returns the first."""
+        async with conn.transaction():
+            if not await self._store.decided_for(conn, tenant_id, payment_id):
+                raise NotFound(f"no payment {payment_id}", code="payment_not_found")
+            row, created = await self._store.add_label(
+                conn, payment_id=payment_id, tenant_id=tenant_id, source="report", label=1, reason=reason,
+                note=note, created_by=reported_by, now=datetime.now(UTC),
+            )
+        if created:
+            with bound(payment_id=payment_id):
+                log.info("fraud_reported", reason=reason, by=reported_by)
+        return dict(row), created
 
     async def open_deadline_reviews(
         self, conn: asyncpg.Connection, reviews: Sequence[DeadlineReview], now: datetime

@@ -108,6 +108,32 @@ class FraudStore:
             [(pid, mode, s.version, s.score, s.outcome, list(s.top_features), now) for pid, s in scores],
         )
 
+    async def add_label(
+        self, conn: asyncpg.Connection, *, payment_id: str, tenant_id: str, source: str, label: int,
+        reason: str, note: str | None, created_by: str, now: datetime,
+    ) -> tuple[asyncpg.Record, bool]:
+        """Store a label; the one already there for (payment, source) stands. (row, created)."""
+        row = await conn.fetchrow(
+            "INSERT INTO labels (payment_id, source, tenant_id, label, reason, note, created_by, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (payment_id, source) DO NOTHING "
+            "RETURNING payment_id, reason, note, created_at",
+            payment_id, source, tenant_id, label, reason, note, created_by, now,
+        )
+        if row is not None:
+            return row, True
+        existing = await conn.fetchrow(
+            "SELECT payment_id, reason, note, created_at FROM labels WHERE payment_id = $1 AND source = $2",
+            payment_id, source,
+        )
+        return existing, False
+
+    async def decided_for(self, conn: asyncpg.Connection, tenant_id: str, payment_id: str) -> bool:
+        """Whether fraud screened this payment for this tenant."""
+        return bool(await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM decisions WHERE payment_id = $1 AND tenant_id = $2)",
+            payment_id, tenant_id,
+        ))
+
     async def due_rescreens(
         self, conn: asyncpg.Connection, now: datetime, limit: int
     ) -> list[asyncpg.Record]:
