@@ -14,7 +14,7 @@ from paystream.fraud.train import average_precision, train
 
 def test_the_model_doubles_the_rules_recall_at_equal_or_better_precision() -> None:
     began = time.perf_counter()
-    artefact = train(simulate(seed=3, days=30, users=150), seed=3)
+    artefact = train(simulate(seed=3, days=45, users=300), seed=3)
     metrics = artefact["metrics"]
     rules, model = metrics["rules"], metrics["model"]
     print(f"\nheld out: {metrics['held_out']['payments']} payments, {metrics['held_out']['fraud']} fraud")

@@ -194,7 +194,8 @@ class Simulator:
 
     def _plan_honest(self, user: _User) -> None:
         rng = self._rng
-        self._add(user.opened_ms, "deposit", None, user.account, int(rng.uniform(20_000, 200_000)), user.device)
+        opening = min(300_000, max(500, int(math.exp(rng.gauss(math.log(25_000), 1.2)))))  # 5.00 up to 3,000
+        self._add(user.opened_ms, "deposit", None, user.account, opening, user.device)
         for day in range(self.days):
             midnight = START + day * DAY_MS
             if midnight + DAY_MS <= user.opened_ms:

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # The fraud model beside the rules (fraud/model.py): "on" decides with them, "shadow" scores
     # and records only, "off" does not score. None: the model shipped in the package. The file
     # is looked at every `fraud_model_reload_seconds`; a new version takes over without a restart.
-    fraud_model_mode: Literal["off", "shadow", "on"] = "on"
+    fraud_model_mode: Literal["off", "shadow", "on"] = "shadow"
     fraud_model_path: Path | None = None
     fraud_model_reload_seconds: float = 2.0
     # The screening deadline (payments/deadline.py): a payment fraud has not decided within
