@@ -60,10 +60,12 @@ class Dataset:
     y: npt.NDArray[np.int8]
     at_ms: npt.NDArray[np.int64]
     rules: list[Decision]
+    patterns: list[str]
 
     def take(self, mask: npt.NDArray[np.bool_]) -> Dataset:
         index = np.flatnonzero(mask)
-        return Dataset(self.x[index], self.y[index], self.at_ms[index], [self.rules[i] for i in index])
+        return Dataset(self.x[index], self.y[index], self.at_ms[index], [self.rules[i] for i in index],
+                       [self.patterns[i] for i in index])
 
 
 def service_rules() -> tuple[Rule, ...]:
@@ -87,6 +89,7 @@ def dataset(payments: Sequence[SimPayment], rules: Sequence[Rule]) -> Dataset:
     return Dataset(
         x=np.asarray(rows, dtype=np.float64), y=np.asarray([p.label for p in payments], dtype=np.int8),
         at_ms=np.asarray([p.at_ms for p in payments], dtype=np.int64), rules=decisions,
+        patterns=[p.pattern for p in payments],
     )
 
 
@@ -132,6 +135,16 @@ def report(y: npt.NDArray[np.int8], outcomes: Sequence[str], score: FloatArray) 
         "decline_precision": _round(decline_p), "decline_recall": _round(decline_r),
         "pr_auc": _round(average_precision(y, score)), "flagged": int((level >= 1).sum()),
     }
+
+
+def recall_by_pattern(patterns: Sequence[str], outcomes: Sequence[str]) -> dict[str, float]:
+    """Per fraud pattern, the share of its payments reviewed or declined (for honest: the false-positive rate)."""
+    counts: dict[str, list[int]] = {}
+    for pattern, outcome in zip(patterns, outcomes, strict=True):
+        seen = counts.setdefault(pattern, [0, 0])
+        seen[0] += 1
+        seen[1] += outcome != "approve"
+    return {pattern: round(flagged / total, 4) for pattern, (total, flagged) in sorted(counts.items())}
 
 
 def threshold_for(y: npt.NDArray[np.int8], score: FloatArray, precision: float) -> float:
@@ -187,6 +200,11 @@ def train(payments: Sequence[SimPayment], *, seed: int, data_meta: dict[str, Any
         "rules": report(test.y, rule_outcomes, _level(rule_outcomes)),
         "model": report(test.y, model_outcomes, score),
         "combined": report(test.y, combined, np.maximum(score, _level(rule_outcomes) / 2)),
+        "flagged_by_pattern": {
+            "rules": recall_by_pattern(test.patterns, rule_outcomes),
+            "model": recall_by_pattern(test.patterns, model_outcomes),
+            "combined": recall_by_pattern(test.patterns, combined),
+        },
         "fit_seconds": round(fit_seconds, 3),
     }
     model_text = booster.model_to_string()
