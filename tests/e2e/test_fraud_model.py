@@ -1,6 +1,6 @@
 """The fraud model on a whole stack (``PAYSTREAM_FRAUD_MODEL_MODE=on``), through the public API:
 a card-testing run and an account-takeover burst, which the rules let through, are reviewed
-or declined with the model's reason codes on the reviews; a new model version is picked up
+or declined with the model's reason codes on the reviews and the payments; a new model version is picked up
 without a restart; fraud reports are stored as labels (404 for a payment of no one's)."""
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ async def test_fraud_the_rules_let_through_is_stopped_by_the_model_with_reasons_
                 assert "model_review" in review["reasons"] or "model_decline" in review["reasons"]
                 assert any(reason.startswith("risk:") for reason in review["reasons"]), review
                 assert review["model_version"] == artefact["version"] and review["score"] > 0
+                # The payment (and so its payment.requires_review webhook) carries the same reasons.
+                assert (await client.get_payment(review["payment_id"]))["review_reasons"] == review["reasons"]
 
             # A new version whose bands nothing reaches: the next card-testing payment goes through.
             relaxed = {**artefact, "version": "e2e-relaxed", "thresholds": {"review": 0.99999, "decline": 1.0}}

@@ -235,6 +235,11 @@ class Payment(_Response):
     )
     source_currency: str | None = None
     failure_code: str | None
+    review_reasons: list[str] | None = Field(
+        default=None,
+        description="why fraud sent the payment to review (rules, model and its top features, or "
+                    "screening_deadline); null if it never was",
+    )
     description: str | None = None
     created_at: datetime
     updated_at: datetime
