@@ -1,5 +1,10 @@
 """Screening: payments.initiated in, fraud.approved | fraud.declined | fraud.review out.
 
+Each batch: velocity and features from Redis side by side, the rules, the model's score
+in-process, `domain.combine` (mode ``on``; ``shadow`` records the score and decides by the
+rules), then decisions, reviews, payment facts, scores and events in the consumer's
+transaction. Any failure of the model path leaves the rules deciding alone (docs/fraud-model.md).
+
 Also the human side: approving or declining a review emits the same events, naming the
 review (a *resolution*), so an approval continues the payment as an automatic approval
 would. And the reviews payments' screening deadline opened, put into the queue here with
