@@ -7,7 +7,7 @@ import importlib
 import os
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -343,7 +343,7 @@ app.add_typer(fraud_app, name="fraud")
 err_console = Console(stderr=True, highlight=False)
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit 2."""
     err_console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
     raise typer.Exit(2)
@@ -417,6 +417,42 @@ def fraud_train(
     thresholds = artefact["thresholds"]
     console.print(f"model {artefact['version']} (review at {thresholds['review']:.4f}, decline at "
                   f"{thresholds['decline']:.4f}) written to {target}")
+
+
+@fraud_app.command("export-labels")
+def fraud_export_labels(
+    home: HomeOption = Path(".paystream"),
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", help="A URL of the database that can read the fraud schema (instead of HOME/stack.json).",
+    )] = None,
+    out: Annotated[Path, typer.Option("--out", help="Directory to write payments.csv and meta.json into.")] = Path(
+        "fraud-labels"),
+) -> None:
+    """Write screened payments with reviewers' decisions and fraud reports as labels, for `fraud train --data`."""
+    import asyncpg
+
+    from paystream.fraud.export import export_labelled
+    from paystream.tools.client import StackInfo
+
+    if out.exists() and not out.is_dir():
+        _refuse(f"--out {out} exists and is not a directory")
+    try:
+        url = database_url or StackInfo.load(home).postgres_url
+    except FileNotFoundError as exc:
+        _refuse(str(exc))
+
+    async def run() -> dict[str, object]:
+        conn = await asyncpg.connect(url)
+        try:
+            return await export_labelled(conn, out)
+        finally:
+            await conn.close()
+
+    try:
+        meta = asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as exc:
+        _refuse(f"cannot export labels: {exc}")
+    console.print(f"{meta['payments']} payments ({meta['fraud']} labelled fraud) written to {out}")
 
 
 def main() -> None:
