@@ -18,7 +18,7 @@ HomeOption = Annotated[
     typer.Option("--home", envvar="PAYSTREAM_HOME", help="Where the stack keeps its state."),
 ]
 
-fraud_app = typer.Typer(help="The fraud model: simulated traffic, training.", no_args_is_help=True)
+fraud_app = typer.Typer(help="The fraud model: simulated traffic, training, real labels.", no_args_is_help=True)
 err_console = Console(stderr=True, highlight=False)
 
 
