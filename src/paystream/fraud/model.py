@@ -90,8 +90,10 @@ def parse(text: str) -> LoadedModel:
         raise ModelError(f"incomplete artefact: {exc!r}") from exc
     if not 0.0 < thresholds.review <= thresholds.decline <= 1.0:
         raise ModelError(f"thresholds {thresholds} are not 0 < review <= decline <= 1")
-    import lightgbm as lgb
-
+    try:
+        import lightgbm as lgb
+    except (ImportError, OSError) as exc:  # e.g. the OpenMP runtime it links is missing
+        raise ModelError(f"lightgbm cannot be imported: {exc}") from exc
     try:
         booster = lgb.Booster(model_str=model_text)
     except (lgb.basic.LightGBMError, TypeError, ValueError) as exc:
