@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from paystream.fraud.commands import fraud_app
 from paystream.platform.migrations import SERVICES
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+app.add_typer(fraud_app, name="fraud")  # simulate, train, export-labels: paystream/fraud/commands.py
 
 HomeOption = Annotated[
     Path,

@@ -44,7 +44,7 @@ from paystream.ledger.store import LedgerStore, account_view
 from paystream.notifications.handlers import NotificationHandlers, webhook_body
 from paystream.notifications.store import NotificationsStore
 from paystream.payments.handlers import PaymentHandlers
-from paystream.payments.store import PaymentsStore
+from paystream.payments.store import PaymentsStore, payment_view
 from paystream.platform.db import create_pool
 from paystream.platform.errors import Conflict, PoisonMessage
 from paystream.platform.ids import new_id
@@ -412,6 +412,24 @@ async def test_payments_transitions_persist_with_timeline_and_public_events(paym
         "payments.initiated", "payment.requires_review", "payment.succeeded"
     ]
     assert events[-1].payload["data"]["status"] == "succeeded"
+
+
+async def test_payments_requires_review_carries_frauds_reasons_and_the_payment_keeps_them(payments: Any) -> None:
+    store, handlers = PaymentsStore(), PaymentHandlers(PaymentsStore(), Outbox(4))
+    reasons = ["amount_in_review_band", "model_review", "risk:velocity_1m", "risk:counterparty_new"]
+    async with payments.acquire() as conn:
+        payment, _ = await handlers.create(conn, _payment_values(), "c1")
+        assert payment["review_reasons"] is None
+        pid, review_id = payment["id"], new_id("rev")
+        for signal in (FraudReview(order=_order(payment), review_id=review_id, reasons=reasons),
+                       FraudApproved(order=_order(payment), review_id=review_id)):
+            async with conn.transaction():
+                await handlers.on_outcomes(conn, [_signal(signal, pid)])
+        row = await store.get(conn, TENANT, pid)
+
+    assert row is not None and payment_view(row)["review_reasons"] == reasons
+    [requires_review] = [e for e in await _outbox_events(payments) if e.type == "payment.requires_review"]
+    assert requires_review.payload["data"]["review_reasons"] == reasons
 
 
 async def test_payments_ledger_rejection_fails_the_payment_with_its_code(payments: Any) -> None:

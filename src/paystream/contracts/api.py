@@ -235,6 +235,11 @@ class Payment(_Response):
     )
     source_currency: str | None = None
     failure_code: str | None
+    review_reasons: list[str] | None = Field(
+        default=None,
+        description="why fraud sent the payment to review (rules, model and its top features, or "
+                    "screening_deadline); null if it never was",
+    )
     description: str | None = None
     created_at: datetime
     updated_at: datetime
@@ -279,6 +284,26 @@ class Review(_Response):
     currency: str
     created_at: datetime
     decided_at: datetime | None = None
+    score: float | None = Field(
+        default=None, description="the fraud model's probability of fraud, when it scored the payment")
+    model_version: str | None = Field(default=None, description="the model version that gave the score")
+
+
+FraudReportReason = Literal["chargeback", "fraud_claim", "account_takeover", "scam"]
+
+
+class FraudReportCreate(_Request):
+    reason: FraudReportReason
+    note: str | None = Field(default=None, max_length=1000)
+
+
+class FraudReport(_Response):
+    """A payment reported as fraud after the fact: a training label for the next model."""
+
+    payment_id: str
+    reason: str
+    note: str | None = None
+    created_at: datetime
 
 
 class ReviewDecision(_Request):

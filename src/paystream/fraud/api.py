@@ -11,7 +11,7 @@ import msgspec
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from paystream.contracts.api import ReviewDecision
+from paystream.contracts.api import FraudReport, FraudReportCreate, ReviewDecision
 from paystream.contracts.internal import DeadlineReviews, DecisionLookup, DecisionsFound
 from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore, review_view
@@ -78,6 +78,16 @@ def install_routes(
         review_id: str, caller: Caller = Depends(auth), body: Annotated[ReviewDecision | None, Body()] = None
     ) -> JSONResponse:
         return await decide(caller, review_id, False, body)
+
+    @router.post("/payments/{payment_id}/fraud_report")
+    async def fraud_report(payment_id: str, body: FraudReportCreate, caller: Caller = Depends(auth)) -> JSONResponse:
+        async with pool.acquire() as conn:
+            report, created = await handlers.report_fraud(
+                conn, tenant_id=caller.tenant_id, payment_id=payment_id, reason=body.reason, note=body.note,
+                reported_by=caller.user_id or caller.client_id,
+            )
+        return JSONResponse(FraudReport.model_validate(report).model_dump(mode="json"),
+                            status_code=201 if created else 200)
 
     @router.post("/reviews/deadline", status_code=204)
     async def deadline_reviews(request: Request, _: Caller = Depends(auth)) -> None:

@@ -140,3 +140,56 @@ def rescreen_step(decision: Decision) -> RescreenStep:
 def rescreen_delay(attempts: int, *, base: float, cap: float) -> float:
     """Seconds until the next re-screen after ``attempts`` tries: doubling from ``base``, at most ``cap``."""
     return float(min(cap, base * 2 ** min(attempts, 30)))
+
+
+# -- the model beside the rules -------------------------------------------------------------
+
+ModelMode = Literal["off", "shadow", "on"]
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Model scores (probabilities of fraud) at and above which a payment goes to review, or is declined."""
+
+    review: float
+    decline: float
+
+    def outcome(self, score: float) -> Outcome:
+        if score >= self.decline:
+            return "decline"
+        if score >= self.review:
+            return "review"
+        return "approve"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScore:
+    """What the model said of one payment: its score, version, and the features that pushed it up most."""
+
+    score: float
+    version: str
+    thresholds: Thresholds
+    top_features: tuple[str, ...] = ()
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.thresholds.outcome(self.score)
+
+
+def combine(rules: Decision, model: ModelScore | None) -> Decision:
+    """The rules and the model together: the stricter outcome wins.
+
+    The rules are a floor the model cannot lower: what they review or decline stays so
+    (a missing model, ``None``, leaves the rules' decision as it is). Inside the rules'
+    approval the score decides, by the thresholds. When the model raises or shares the
+    outcome, its reason (``model_review`` / ``model_decline``) and the features that pushed
+    the score up (``risk:<feature>``) follow the rules' reasons. Refunds stay approved.
+    """
+    if model is None or rules.reasons == ("refund",):
+        return rules
+    said = model.outcome
+    if said == "approve":
+        return rules
+    outcome = max(rules.outcome, said, key=_RANK.__getitem__)
+    codes = (f"model_{said}", *(f"risk:{name}" for name in model.top_features))
+    return Decision(outcome, (*rules.reasons, *codes))

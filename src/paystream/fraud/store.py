@@ -8,7 +8,13 @@ from typing import Any
 
 import asyncpg
 
-_REVIEW_COLUMNS = "id, tenant_id, payment_id, status, reasons, payment, amount, currency, created_at, decided_at"
+from paystream.fraud.domain import ModelScore
+from paystream.fraud.features import PaymentFacts
+
+_REVIEW_COLUMNS = (
+    "id, tenant_id, payment_id, status, reasons, payment, amount, currency, created_at, decided_at, "
+    "score, model_version"
+)
 
 
 def review_view(row: asyncpg.Record) -> dict[str, Any]:
@@ -21,6 +27,8 @@ def review_view(row: asyncpg.Record) -> dict[str, Any]:
         "currency": row["currency"],
         "created_at": row["created_at"],
         "decided_at": row["decided_at"],
+        "score": row["score"],
+        "model_version": row["model_version"],
     }
 
 
@@ -54,14 +62,77 @@ class FraudStore:
             return
         await conn.executemany(
             "INSERT INTO reviews (id, tenant_id, payment_id, status, reasons, payment, amount, "
-            "currency, created_at, rescreen_at) VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9) "
+            "currency, created_at, rescreen_at, score, model_version) "
+            "VALUES ($1, $2, $3, 'open', $4, $5, $6, $7, $8, $9, $10, $11) "
             "ON CONFLICT (payment_id) DO NOTHING",
             [
                 (r["id"], r["tenant_id"], r["payment_id"], r["reasons"], r["payment"], r["amount"],
-                 r["currency"], r.get("created_at", now), r.get("rescreen_at"))
+                 r["currency"], r.get("created_at", now), r.get("rescreen_at"), r.get("score"),
+                 r.get("model_version"))
                 for r in rows
             ],
         )
+
+    async def add_facts(self, conn: asyncpg.Connection, facts: Sequence[PaymentFacts]) -> None:
+        """Keep what the features saw of each payment (the Redis state is rebuilt from these)."""
+        if not facts:
+            return
+        await conn.executemany(
+            "INSERT INTO payment_facts (payment_id, subject, counterparty, amount, is_deposit, at_ms) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (payment_id) DO NOTHING",
+            [(f.payment_id, f.subject, f.counterparty, f.amount, f.is_deposit, f.at_ms) for f in facts],
+        )
+
+    async def facts_since(
+        self, conn: asyncpg.Connection, since_ms: int, after: tuple[int, str], limit: int
+    ) -> list[PaymentFacts]:
+        """Stored payment facts from ``since_ms`` on, in time order, after the (at, id) cursor."""
+        rows = await conn.fetch(
+            "SELECT payment_id, subject, counterparty, amount, is_deposit, at_ms FROM payment_facts "
+            "WHERE at_ms >= $1 AND (at_ms, payment_id) > ($2, $3) ORDER BY at_ms, payment_id LIMIT $4",
+            since_ms, after[0], after[1], limit,
+        )
+        return [PaymentFacts(payment_id=r["payment_id"], at_ms=r["at_ms"], subject=r["subject"],
+                             counterparty=r["counterparty"], amount=r["amount"], is_deposit=r["is_deposit"])
+                for r in rows]
+
+    async def add_scores(
+        self, conn: asyncpg.Connection, mode: str, scores: Sequence[tuple[str, ModelScore]], now: datetime
+    ) -> None:
+        """What the model said of each (payment id, score), deciding (``on``) or not (``shadow``)."""
+        if not scores:
+            return
+        await conn.executemany(
+            "INSERT INTO model_scores (payment_id, mode, model_version, score, model_outcome, top_features, "
+            "created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (payment_id) DO NOTHING",
+            [(pid, mode, s.version, s.score, s.outcome, list(s.top_features), now) for pid, s in scores],
+        )
+
+    async def add_label(
+        self, conn: asyncpg.Connection, *, payment_id: str, tenant_id: str, source: str, label: int,
+        reason: str, note: str | None, created_by: str, now: datetime,
+    ) -> tuple[asyncpg.Record, bool]:
+        """Store a label; the one already there for (payment, source) stands. (row, created)."""
+        row = await conn.fetchrow(
+            "INSERT INTO labels (payment_id, source, tenant_id, label, reason, note, created_by, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (payment_id, source) DO NOTHING "
+            "RETURNING payment_id, reason, note, created_at",
+            payment_id, source, tenant_id, label, reason, note, created_by, now,
+        )
+        if row is not None:
+            return row, True
+        existing = await conn.fetchrow(
+            "SELECT payment_id, reason, note, created_at FROM labels WHERE payment_id = $1 AND source = $2",
+            payment_id, source,
+        )
+        return existing, False
+
+    async def decided_for(self, conn: asyncpg.Connection, tenant_id: str, payment_id: str) -> bool:
+        """Whether fraud screened this payment for this tenant."""
+        return bool(await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM decisions WHERE payment_id = $1 AND tenant_id = $2)",
+            payment_id, tenant_id,
+        ))
 
     async def due_rescreens(
         self, conn: asyncpg.Connection, now: datetime, limit: int

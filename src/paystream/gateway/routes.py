@@ -16,6 +16,8 @@ from paystream.contracts.api import (
     AccountCreate,
     DepositCreate,
     Entry,
+    FraudReport,
+    FraudReportCreate,
     HoldPost,
     Payment,
     PaymentCreate,
@@ -124,6 +126,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/reviews/{review_id}/decline", "fraud", "reviews:write",
           "Decline a payment held for review", body=ReviewDecision, body_required=False,
           response=Review, idempotency="honoured"),
+    Route("POST", "/v1/payments/{payment_id}/fraud_report", "fraud", "reviews:write",
+          "Report a screened payment as fraud (a chargeback-style training label); a repeat "
+          "returns the first report", status=201, body=FraudReportCreate, response=FraudReport,
+          idempotency="honoured"),
 )
 
 

@@ -16,7 +16,7 @@ from paystream.contracts.events import (
     PaymentOrder,
     payload_of,
 )
-from paystream.payments.domain import Signal, Transition, next_state
+from paystream.payments.domain import DEADLINE_REASON, Signal, Transition, next_state
 from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow, payment_view
 from paystream.platform.errors import PoisonMessage
 from paystream.platform.ids import new_id
@@ -104,6 +104,7 @@ class Changes:
         self.taken: dict[str, tuple[int, str]] = {}
         self.timeline: list[TimelineRow] = []
         self.events: list[Envelope] = []
+        self.review_reasons: dict[str, list[str]] = {}
 
     def apply(
         self, payment: dict[str, Any], transition: Transition, signal: str, cause: Envelope | None,
@@ -112,6 +113,9 @@ class Changes:
         """Apply ``transition`` to ``payment`` (a locked row, updated in place) and queue its writes."""
         if transition.status != payment["status"]:
             log_on_commit(log, "payment_status", status=transition.status, signal=signal)
+        if transition.status == "requires_review" and payment["status"] != "requires_review":
+            reasons = [DEADLINE_REASON] if cause is None else [str(r) for r in cause.payload.get("reasons") or []]
+            payment["review_reasons"] = self.review_reasons[payment["id"]] = reasons
         payment["status"] = transition.status
         payment["failure_code"] = transition.failure_code
         payment["screening"] = payment["screening"] or transition.screening
@@ -144,6 +148,7 @@ class Changes:
         await store.add_refunded(conn, self.refunded, now)
         await store.set_source_side(conn, self.taken, now)
         await store.add_timeline(conn, self.timeline, now)
+        await store.set_review_reasons(conn, self.review_reasons)
         await outbox.add(conn, self.events)
 
 

@@ -13,7 +13,7 @@ _COLUMNS = (
     "id, tenant_id, kind, status, amount, currency, source_account_id, destination_account_id, "
     "failure_code, description, metadata, created_at, updated_at, refund_of, amount_refunded, "
     "destination_amount, destination_currency, exchange_rate, source_amount, source_currency, "
-    "screening"
+    "screening, review_reasons"
 )
 
 
@@ -35,6 +35,7 @@ def payment_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
         "source_amount": row["source_amount"],
         "source_currency": row["source_currency"],
         "failure_code": row["failure_code"],
+        "review_reasons": None if row["review_reasons"] is None else list(row["review_reasons"]),
         "description": row["description"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
@@ -202,6 +203,12 @@ class PaymentsStore:
             now,
             [u.screening for u in updates],
         )
+
+    async def set_review_reasons(self, conn: asyncpg.Connection, reasons: dict[str, list[str]]) -> None:
+        """Why fraud sent each payment (id → reasons) to review."""
+        if not reasons:
+            return
+        await conn.executemany("UPDATE payments SET review_reasons = $2 WHERE id = $1", sorted(reasons.items()))
 
     async def overdue(
         self, conn: asyncpg.Connection, cutoff: datetime, limit: int

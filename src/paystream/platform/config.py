@@ -7,6 +7,7 @@ sets them however it likes. Nothing is read at import time: call `load_settings(
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
     fraud_velocity_limit: int = 30
     fraud_velocity_window_seconds: int = 60
     fraud_check_budget_seconds: float = 0.5
+    # The fraud model beside the rules (fraud/model.py): "on" decides with them, "shadow" scores
+    # and records only, "off" does not score. None: the model shipped in the package. The file
+    # is looked at every `fraud_model_reload_seconds`; a new version takes over without a restart.
+    fraud_model_mode: Literal["off", "shadow", "on"] = "shadow"
+    fraud_model_path: Path | None = None
+    fraud_model_reload_seconds: float = 2.0
     # The screening deadline (payments/deadline.py): a payment fraud has not decided within
     # this many seconds of its creation goes to review with its funds held; 0 switches it
     # off. The worker looks for overdue payments every `screening_deadline_sweep_seconds`.
