@@ -34,6 +34,8 @@ ARTEFACT_FORMAT = "paystream-fraud-model"
 ARTEFACT_VERSION = 1
 TOP_FEATURES = 3
 
+SCORE_DIGITS = 6  # a score is kept and served rounded to this many decimals
+
 
 def default_model_path() -> Path:
     """The model shipped in the package (trained by `paystream fraud train` with a fixed seed)."""
@@ -63,7 +65,10 @@ class LoadedModel:
             per_feature = row[:-1]  # the last column is the bias
             top = np.argsort(-per_feature, kind="stable")[:TOP_FEATURES]
             names = tuple(FEATURES[i] for i in top if per_feature[i] > 0)
-            scores.append(ModelScore(score=1.0 / (1.0 + math.exp(-log_odds)), version=self.version,
+            # Six decimals are all a probability needs here; the full float's 16-digit run can
+            # pass for a card number in stored answers (tests/e2e/test_zz_card_data.py).
+            probability = round(1.0 / (1.0 + math.exp(-log_odds)), SCORE_DIGITS)
+            scores.append(ModelScore(score=probability, version=self.version,
                                      thresholds=self.thresholds, top_features=names))
         return scores
 

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from paystream.fraud.domain import Decision, Facts, ModelScore, Rule, Thresholds, combine, decide, default_rules
 from paystream.fraud.features import FEATURES, PaymentFacts, replay
-from paystream.fraud.model import ARTEFACT_FORMAT, ARTEFACT_VERSION
+from paystream.fraud.model import ARTEFACT_FORMAT, ARTEFACT_VERSION, SCORE_DIGITS
 from paystream.fraud.simulate import SimPayment
 
 FloatArray = npt.NDArray[np.float64]
@@ -190,7 +190,7 @@ def train(payments: Sequence[SimPayment], *, seed: int, data_meta: dict[str, Any
     decline_at = threshold_for(tune.y, tune_score, max(DECLINE_PRECISION_FLOOR, tune_rules["decline_precision"] or 0.0))
     thresholds = Thresholds(review=review_at, decline=max(decline_at, review_at))
 
-    score = np.asarray(booster.predict(test.x), dtype=np.float64)
+    score: npt.NDArray[np.float64] = np.asarray(booster.predict(test.x), dtype=np.float64).round(SCORE_DIGITS)
     rule_outcomes = [d.outcome for d in test.rules]
     model_outcomes = [thresholds.outcome(float(s)) for s in score]
     combined = [combine(rules, ModelScore(float(s), "", thresholds)).outcome
