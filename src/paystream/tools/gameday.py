@@ -75,13 +75,6 @@ from paystream.tools.load import (
 )
 from paystream.tools.receiver import PaymentUpdate
 
-SCENARIOS: dict[str, str] = {
-    "fraud-slow": "fraud's decisions take 4 s for the middle third of the run, 50 ms otherwise",
-    "kill": "a random copy of a random service is SIGKILLed every few seconds in the middle third",
-    "nats-node": "the NATS node leading the PAYMENTS stream is down for the middle third",
-    "postgres-restart": "PostgreSQL: a fast shutdown a third in, a crash half-way, each down a few seconds",
-    "redis-down": "Redis is stopped for the middle third of the run",
-}
 SLOW_DECISION_MS = 4_000
 NORMAL_DECISION_MS = 50
 LAG_RECOVERY_SECONDS = 60.0  # lag must be back to zero this long after the fault's end
@@ -427,16 +420,28 @@ async def _down_for(stack: StackHandle, process: str, sig: int, how: str, second
     timeline.note(console, f"{process} released: the supervisor starts it again")
 
 
-FAULTS: dict[str, Fault] = {
-    "fraud-slow": _fraud_slow, "kill": _kill, "nats-node": _nats_node,
-    "postgres-restart": _postgres_restart, "redis-down": _redis_down,
-}
-FAULT_LABELS = {
-    "fraud-slow": f"fraud decisions take {SLOW_DECISION_MS / 1000:.0f} s",
-    "kill": "random copies SIGKILLed",
-    "nats-node": "one NATS node down",
-    "postgres-restart": "PostgreSQL fast shutdown, then crash",
-    "redis-down": "Redis down",
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    about: str  # what the run does, for its header
+    label: str  # the fault window's name in the report
+    fault: Fault
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "fraud-slow": Scenario(
+        "fraud's decisions take 4 s for the middle third of the run, 50 ms otherwise",
+        f"fraud decisions take {SLOW_DECISION_MS / 1000:.0f} s", _fraud_slow),
+    "kill": Scenario(
+        "a random copy of a random service is SIGKILLed every few seconds in the middle third",
+        "random copies SIGKILLed", _kill),
+    "nats-node": Scenario(
+        "the NATS node leading the PAYMENTS stream is down for the middle third",
+        "one NATS node down", _nats_node),
+    "postgres-restart": Scenario(
+        "PostgreSQL: a fast shutdown a third in, a crash half-way, each down a few seconds",
+        "PostgreSQL fast shutdown, then crash", _postgres_restart),
+    "redis-down": Scenario(
+        "Redis is stopped for the middle third of the run", "Redis down", _redis_down),
 }
 
 
@@ -629,7 +634,7 @@ async def _run_on(stack: StackHandle, options: GamedayOptions, console: Console,
     rng = random.Random(options.seed)  # noqa: S311 - a reproducible workload, not a secret
     start, end = options.window
     console.rule(f"[bold]paystream gameday {options.scenario}")
-    console.print(f"{SCENARIOS[options.scenario]}\n{total:,} transfers at {options.rate:g}/s for "
+    console.print(f"{SCENARIOS[options.scenario].about}\n{total:,} transfers at {options.rate:g}/s for "
                   f"{options.minutes:g} min over {accounts} wallets; fault from {start:.0f}s to {end:.0f}s "
                   f"· {os.cpu_count()} CPU cores")
     if options.scenario == "fraud-slow":
@@ -651,7 +656,7 @@ async def _run_on(stack: StackHandle, options: GamedayOptions, console: Console,
         sampler = Sampler(stack, timeline)
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
-        fault = asyncio.create_task(FAULTS[options.scenario](stack, options, timeline, console))
+        fault = asyncio.create_task(SCENARIOS[options.scenario].fault(stack, options, timeline, console))
         engine = LoadEngine(client, receiver, engine_options)
         announced = Announcements()
         receiver.subscribe(announced)
@@ -687,7 +692,7 @@ async def _run_on(stack: StackHandle, options: GamedayOptions, console: Console,
             "nats_nodes": len(stack.nats_urls), "seed": options.seed,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
-        "fault": {"start": start, "end": end, "label": FAULT_LABELS[options.scenario]},
+        "fault": {"start": start, "end": end, "label": SCENARIOS[options.scenario].label},
         "events": timeline.events,
         "seconds": _seconds(result, origin, timeline.now()),
         "series": sampler.recorded(),
