@@ -205,18 +205,27 @@ class AlternatingReviewer:
 
 def scenario_problem(scenario: str, tracked: Sequence[Tracked]) -> str | None:
     """What is wrong with how one scenario's payments ended; None when all is as expected."""
+    unexpected = [t for t in tracked if not _as_expected(scenario, t)]
     wrong = Counter(
         f"refused: {t.rejection}" if t.status is None
         else f"{t.status}/{t.failure_code}" if t.failure_code else str(t.status)
-        for t in tracked if not _as_expected(scenario, t)
+        for t in unexpected
     )
     if wrong:
-        return f"{wrong.total()} of {len(tracked)} did not end as expected ({dict(wrong)})"
+        named = ", ".join(_described(t) for t in unexpected[:5])
+        return f"{wrong.total()} of {len(tracked)} did not end as expected ({dict(wrong)}): {named}"
     if scenario == "velocity_burst":
         statuses = Counter(t.status for t in tracked)
         if not statuses["declined"] or not statuses["succeeded"]:
             return f"expected some succeeded and some declined, got {dict(statuses)}"
     return None
+
+
+def _described(t: Tracked) -> str:
+    """One payment, enough to find it in the logs: id, status, and how our reviewer decided."""
+    review = {None: "", True: " review approved", False: " review declined"}[t.review_approved]
+    sent = "" if t.review_approved is not None or t.review_sent is None else f" review sent={t.review_sent}"
+    return f"{t.payment_id or 'key ' + t.spec.key}={t.status}{review}{sent} via {t.learned_by}"
 
 
 def _as_expected(scenario: str, t: Tracked) -> bool:
@@ -227,7 +236,7 @@ def _as_expected(scenario: str, t: Tracked) -> bool:
     if scenario == "over_limit":
         return t.status == "declined" and t.failure_code == "fraud_declined"
     if scenario == "review":
-        return t.status == ("succeeded" if t.review_approved else "declined")
+        return t.status == ("succeeded" if t.review_decision else "declined")
     if scenario == "no_funds":
         return t.status == "failed" and t.failure_code == "insufficient_funds"
     if scenario == "velocity_burst":

@@ -84,7 +84,8 @@ class Tracked:
     review_at: float | None = None  # first heard of it waiting for review
     learned_by: str | None = None  # "webhook", "poll" or "api" (the POST's own answer)
     last_news: float = 0.0
-    review_approved: bool | None = None
+    review_approved: bool | None = None  # our reviewer's decision, once the API took it
+    review_sent: bool | None = None  # the decision our reviewer sent (its Idempotency-Key binds it)
 
     @property
     def accepted(self) -> bool:
@@ -97,6 +98,12 @@ class Tracked:
     @property
     def reviewed(self) -> bool:
         return self.review_approved is not None
+
+    @property
+    def review_decision(self) -> bool | None:
+        """Our reviewer's decision: taken by the API, or sent and its answer lost (a copy died
+        after deciding); the review's own Idempotency-Key makes the two the same decision."""
+        return self.review_approved if self.review_approved is not None else self.review_sent
 
     @property
     def end_to_end(self) -> float | None:
@@ -464,9 +471,12 @@ class LoadEngine:
                 continue
             approve = decide(tracked.spec)
             verb = "approve" if approve else "decline"
+            tracked.review_sent = approve
             response = await self._client.request(
                 "POST", f"/v1/reviews/{review['id']}/{verb}", idempotency_key=f"{verb}-{review['id']}"
             )
+            if response.status_code == 409 and _problem_code(response) == "idempotency_key_in_use":
+                continue  # our earlier try is still running (or its copy died): ask again next round
             if response.status_code in (200, 409):  # 409: already decided, by us or anyone
                 tracked.review_approved = approve
                 self._awaiting_review.pop(review["payment_id"], None)
