@@ -7,13 +7,14 @@ import importlib
 import os
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
+from paystream.contracts.topology import SERVICES
 from paystream.fraud.commands import fraud_app
-from paystream.platform.migrations import SERVICES
+from paystream.platform.home import NoStack
 
 app = typer.Typer(
     help="paystream: wallets on a double-entry ledger, payments, fraud screening, signed webhooks.",
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+err_console = Console(stderr=True, highlight=False)
 app.add_typer(fraud_app, name="fraud")  # simulate, train, export-labels: paystream/fraud/commands.py
 
 HomeOption = Annotated[
@@ -123,14 +125,23 @@ def serve(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES
     run_service(importlib.import_module(f"paystream.{name}.service"))
 
 
+def _no_stack(exc: NoStack) -> NoReturn:
+    """A command that needs a running stack and found none: one line on stderr, exit 2."""
+    err_console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
 def _drive(work: Coroutine[Any, Any, bool], what: str) -> None:
-    """Run a tool that drives the public API; an API or network failure is a message, exit 1."""
+    """Run a tool that drives the public API; no stack is exit 2, an API or network failure
+    a message and exit 1."""
     import httpx
 
     from paystream.tools.client import ApiError
 
     try:
         ok = asyncio.run(work)
+    except NoStack as exc:
+        _no_stack(exc)
     except (ApiError, httpx.HTTPError) as exc:
         console.print(f"[bold red]{what} failed:[/bold red] {exc}")
         raise typer.Exit(1) from None
@@ -241,6 +252,8 @@ def keys_rotate(
             version, rewrapped = asyncio.run(rotate_encryption_key(home))
             console.print(f"new key-encryption key [bold]{version}[/bold] is active; "
                           f"{rewrapped} data keys re-wrapped under it")
+    except NoStack as exc:
+        _no_stack(exc)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -260,16 +273,21 @@ def clients_create(
     """Create an API client; its secret is printed once and never stored in clear."""
     import json as json_module
 
+    from pydantic import ValidationError
+
     from paystream.contracts.api import ClientCreate
     from paystream.gateway.keys import create_client
 
     try:
         spec = ClientCreate.model_validate({"name": name, "tenant": tenant, "scopes": scope})
-    except ValueError as exc:
-        console.print(f"[red]invalid client:[/red] {exc}")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'client'}: {e['msg']}" for e in exc.errors())
+        err_console.print(f"[bold red]invalid client:[/bold red] {problems}", soft_wrap=True)
         raise typer.Exit(2) from None
     try:
         created = asyncio.run(create_client(home, name=spec.name, tenant=spec.tenant, scopes=list(spec.scopes)))
+    except NoStack as exc:
+        _no_stack(exc)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -296,6 +314,8 @@ def audit_verify(home: HomeOption = Path(".paystream")) -> None:
 
     try:
         report = asyncio.run(run())
+    except NoStack as exc:
+        _no_stack(exc)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -315,7 +335,10 @@ def check(home: HomeOption = Path(".paystream")) -> None:
     """Check the money invariants against the running stack's database."""
     from paystream.tools.invariants import check_from_home
 
-    report = asyncio.run(check_from_home(home))
+    try:
+        report = asyncio.run(check_from_home(home))
+    except NoStack as exc:
+        _no_stack(exc)
     console.print(report.table())
     raise typer.Exit(0 if report.ok else 1)
 
@@ -336,7 +359,7 @@ def faults(
     try:
         switch = FraudFaults.for_home(home)
     except (FileNotFoundError, KeyError) as exc:
-        console.print(f"[bold red]no stack to set faults on:[/bold red] {exc}")
+        err_console.print(f"[bold red]no stack to set faults on:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     if decision_delay_ms is None:
         work = switch.get()
@@ -376,7 +399,7 @@ def ledger_verify(
         url = database_url or database_url_of(home)
         private = load_or_create_key(key_path) if sign or key_path.exists() else None
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[bold red]cannot verify:[/bold red] {exc}")
+        err_console.print(f"[bold red]cannot verify:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     report = asyncio.run(verify_database(url, schema, key=private, sign=sign))
     console.print(report.table())

@@ -73,12 +73,12 @@ import uvloop
 
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import FraudApproved, PaymentOrder
+from paystream.contracts.ids import new_id
 from paystream.contracts.topology import CONSUMERS
 from paystream.ledger.handlers import LedgerHandlers
 from paystream.ledger.store import LedgerStore
 from paystream.platform.consumer import EventConsumer
 from paystream.platform.db import create_pool
-from paystream.platform.ids import new_id
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.observability import configure_logging
 from paystream.platform.outbox import Outbox

@@ -35,8 +35,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from paystream.platform.ids import new_id
-from paystream.platform.money import MAX_AMOUNT
+from paystream.contracts.ids import new_id
+from paystream.contracts.money import MAX_AMOUNT
 from paystream.tools.client import PaystreamClient, StackInfo
 
 from .stack import UpProcess

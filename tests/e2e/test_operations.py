@@ -12,11 +12,10 @@ import httpx
 import orjson
 import pytest
 
+from paystream.contracts.topology import SERVICES
 from paystream.tools.client import PaystreamClient
 
 from .stack import UpProcess
-
-SERVICES = ("gateway", "payments", "fraud", "ledger", "notifications")
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from paystream.contracts.envelope import decode
+from paystream.contracts.topology import SERVICES
 from paystream.ledger.verify import verify_database
-from paystream.platform.migrations import SERVICES
 from paystream.tools.client import PaystreamClient
 from paystream.tools.demo import SCENARIOS, DemoPlan, FraudLimits, run_scenarios, scenario_problem
 from paystream.tools.invariants import check_invariants

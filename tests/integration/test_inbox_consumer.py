@@ -20,11 +20,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from paystream.contracts.envelope import Envelope, encode
+from paystream.contracts.ids import new_id
 from paystream.contracts.topology import ConsumerSpec
 from paystream.platform.bus import Delivery, OutgoingMessage, Subscription
 from paystream.platform.consumer import MAX_FAILED_ATTEMPTS, EventConsumer
 from paystream.platform.db import create_pool
-from paystream.platform.ids import new_id
 from paystream.platform.observability import log_on_commit
 
 from ._support import eventually, fetch_n

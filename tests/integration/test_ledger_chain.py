@@ -19,13 +19,13 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from paystream.contracts.ids import new_id
 from paystream.ledger.chain import GENESIS, EntryFields, entry_hash
 from paystream.ledger.domain import TransferRequest, post_batch, simple_transfer
 from paystream.ledger.store import LedgerStore
 from paystream.ledger.verify import VerifyReport, verify_connection
 from paystream.platform import migrations
 from paystream.platform.db import create_pool
-from paystream.platform.ids import new_id
 from tests.conftest import with_credentials
 
 TENANT = "ten_a"

@@ -21,11 +21,11 @@ import asyncpg
 import pytest
 
 from paystream.contracts.api import LegCreate, TransferCreate
+from paystream.contracts.ids import new_id
 from paystream.ledger.domain import Book, Posted, simple_transfer
 from paystream.ledger.store import LedgerStore
 from paystream.ledger.transfers import TransferRefused, TransferService
 from paystream.ledger.verify import verify_connection
-from paystream.platform.ids import new_id
 
 from ._support import waiting_on_a_lock
 

@@ -33,6 +33,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from paystream.contracts.ids import new_id
 from paystream.ledger.domain import (
     Book,
     HoldAction,
@@ -46,7 +47,6 @@ from paystream.ledger.handlers import HoldSweeper
 from paystream.ledger.store import LedgerStore
 from paystream.ledger.verify import verify_connection
 from paystream.platform.db import _init_connection
-from paystream.platform.ids import new_id
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.outbox import Outbox
 from tests.conftest import with_credentials

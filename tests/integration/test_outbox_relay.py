@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from paystream.contracts.envelope import Envelope, decode
-from paystream.platform.ids import new_id
+from paystream.contracts.ids import new_id
 from paystream.platform.memory_bus import MemoryBus
 from paystream.platform.outbox import Outbox, OutboxRelay
 

@@ -12,7 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from paystream.platform.migrations import SERVICES, migrate, migrations_for, role_name
+from paystream.contracts.topology import SERVICES
+from paystream.platform.migrations import migrate, migrations_for, role_name
 
 
 async def _tables(pool: asyncpg.Pool, schema: str) -> list[str]:

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import FraudApproved, FraudReview, PaymentInitiated, PaymentOrder
+from paystream.contracts.ids import new_id
 from paystream.contracts.internal import DeadlineReview
 from paystream.fraud.rescreen import Rescreener
 from paystream.fraud.store import FraudStore
@@ -28,7 +29,6 @@ from paystream.payments.deadline import FRAUD_ROUTE, LOOKUP_ROUTE, ScreeningDead
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore
 from paystream.platform.errors import TransientError
-from paystream.platform.ids import new_id
 from paystream.platform.internal import InternalResponse
 from paystream.platform.outbox import Outbox
 from paystream.platform.resilience import Guard

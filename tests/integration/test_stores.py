@@ -25,6 +25,7 @@ from paystream.contracts.events import (
     PaymentOrder,
     PaymentSucceeded,
 )
+from paystream.contracts.ids import new_id
 from paystream.fraud.domain import default_rules
 from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore
@@ -47,7 +48,6 @@ from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore, payment_view
 from paystream.platform.db import create_pool
 from paystream.platform.errors import Conflict, PoisonMessage
-from paystream.platform.ids import new_id
 from paystream.platform.outbox import Outbox
 from paystream.platform.resilience import Guard
 

@@ -83,3 +83,27 @@ def test_the_api_tools_report_an_unreachable_gateway_in_one_line(tmp_path: Path,
     assert "failed:" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["check"], ["demo", "--payments", "100"], ["bench", "--payments", "10"], ["audit", "verify"],
+    ["keys", "rotate"], ["clients", "create", "--name", "x", "--scope", "payments:read"],
+    ["ledger", "verify", "--no-sign"], ["faults"], ["fraud", "export-labels"], ["gameday", "kill"],
+])
+def test_every_command_that_needs_a_stack_says_there_is_none_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    """A home with no running stack: one line naming the home, exit 2, no traceback."""
+    result = CliRunner().invoke(app, [*command, "--home", str(tmp_path)])
+
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert str(tmp_path) in " ".join(result.output.split()) or "stack" in lines[0], lines
+
+
+def test_an_invalid_client_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["clients", "create", "--name", "x", "--home", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        "invalid client: scopes: List should have at least 1 item after validation, not 0"]

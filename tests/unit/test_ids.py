@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paystream.platform import ids
-from paystream.platform.ids import PREFIXES, has_prefix, new_id
+from paystream.contracts import ids
+from paystream.contracts.ids import PREFIXES, has_prefix, new_id
 
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MAX_MS = 2**48 - 1

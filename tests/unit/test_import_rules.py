@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from paystream.contracts.topology import SERVICES
+
 SRC = Path(__file__).resolve().parents[2] / "src" / "paystream"
-SERVICES = ("gateway", "payments", "fraud", "ledger", "notifications")
 IO_LIBRARIES = ("asyncpg", "nats", "redis", "httpx", "aiohttp", "fastapi", "starlette", "uvicorn",
                 "asyncio", "socket", "subprocess", "requests", "psycopg")
 
@@ -53,4 +54,14 @@ def test_shared_packages_import_no_service(package: str) -> None:
 def test_domain_modules_do_no_io(service: str) -> None:
     domain = SRC / service / "domain.py"
     offending = [name for name in _imports(domain) if name.split(".")[0] in IO_LIBRARIES]
+    assert offending == []
+
+
+def test_contracts_import_nothing_from_platform() -> None:
+    """The layers form a line: contracts ← platform ← services; contracts stand alone."""
+    offending = [
+        f"{path.relative_to(SRC)}: {name}"
+        for path in _modules("contracts") for name in _imports(path)
+        if name == "paystream.platform" or name.startswith("paystream.platform.")
+    ]
     assert offending == []

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paystream.platform.money import CURRENCIES, MAX_AMOUNT, Money, convert, is_currency
+from paystream.contracts.money import CURRENCIES, MAX_AMOUNT, Money, convert, is_currency
 
 currencies = st.sampled_from(sorted(CURRENCIES))
 amounts = st.integers(min_value=-MAX_AMOUNT, max_value=MAX_AMOUNT)

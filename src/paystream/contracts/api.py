@@ -8,7 +8,7 @@ and each service validates again at its own door.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from paystream.contracts.events import WEBHOOK_EVENT_TYPES
-from paystream.platform.money import MAX_AMOUNT, is_currency
+from paystream.contracts.money import MAX_AMOUNT, is_currency
 
 
 def _currency(value: str) -> str:
@@ -335,14 +335,6 @@ class Problem(_Response):
     detail: str
     code: str
     errors: list[FieldError] | None = None
-
-
-T = TypeVar("T")
-
-
-class Page(_Response, Generic[T]):
-    data: list[T]
-    has_more: bool
 
 
 # --- clients ------------------------------------------------------------------------------

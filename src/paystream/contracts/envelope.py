@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from paystream.platform.ids import new_id
+from paystream.contracts.ids import new_id
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Every service of paystream, each its own process (`paystream serve NAME`), in start order.
+SERVICES: tuple[str, ...] = ("gateway", "payments", "fraud", "ledger", "notifications")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamSpec:

@@ -12,12 +12,12 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from paystream.contracts.api import FraudReport, FraudReportCreate, ReviewDecision
+from paystream.contracts.ids import has_prefix
 from paystream.contracts.internal import DeadlineReviews, DecisionLookup, DecisionsFound
 from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore, review_view
 from paystream.platform.errors import Invalid
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
-from paystream.platform.ids import has_prefix
 from paystream.platform.observability import get_logger
 
 log = get_logger(__name__)

@@ -33,6 +33,7 @@ from paystream.contracts.events import (
     PaymentOrder,
     payload_of,
 )
+from paystream.contracts.ids import new_id
 from paystream.contracts.internal import DeadlineReview
 from paystream.fraud.domain import Decision, Facts, ModelMode, ModelScore, Rule, combine, decide, needs_rescreen
 from paystream.fraud.features import OnlineFeatures, PaymentFacts, facts_of_order, vector
@@ -40,7 +41,6 @@ from paystream.fraud.model import ModelSource
 from paystream.fraud.store import FraudStore, review_view
 from paystream.fraud.velocity import VelocityCounter
 from paystream.platform.errors import Conflict, NotFound
-from paystream.platform.ids import new_id
 from paystream.platform.observability import bound, get_logger, held_until_commit, log_on_commit
 from paystream.platform.outbox import Outbox
 from paystream.platform.resilience import Guard

@@ -7,8 +7,10 @@ and then forwarded to the service that owns the resource.
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote
@@ -44,6 +46,7 @@ from paystream.gateway.store import ClientStore, IdempotencyStore
 from paystream.gateway.tokens import InvalidToken, TokenService
 from paystream.gateway.users import UserExists, UserStore
 from paystream.gateway.vault import CardVault, card_view
+from paystream.platform.crypto import Keyring, Sealed, open_sealed, seal
 from paystream.platform.errors import DomainError
 from paystream.platform.http import Caller, JSONResponse, problem, validation_problem
 from paystream.platform.internal import InternalClient
@@ -267,13 +270,20 @@ class Gateway:
                                "the Idempotency-Key must be 1-255 printable ASCII characters")
             if key is None or route.idempotency == "none":
                 return await self.forward(route, request, principal, body, None, correlation_id)
-            return await self._idempotent(route, request, principal, body, key, correlation_id)
+            return await self._idempotent(
+                request, principal, key, fingerprint(route.method, request.url.path, body),
+                f"{route.method} {route.path}",
+                lambda: self.forward(route, request, principal, body, key, correlation_id),
+            )
 
     async def _idempotent(
-        self, route: Route, request: Request, principal: Principal, body: Any, key: str,
-        correlation_id: str,
+        self, request: Request, principal: Principal, key: str, request_fp: str, action: str,
+        produce: Callable[[], Awaitable[Response]], *, keep: Keep | None = None,
     ) -> Response:
-        request_fp = fingerprint(route.method, request.url.path, body)
+        """Answer a request with an Idempotency-Key: the first answer again for the same key and
+        request, 422 for another request, 409 while the first runs; else ``produce`` it. ``keep``
+        says how the answer is stored and read back, when it holds what must not lie in clear."""
+        correlation_id = request.headers.get("x-correlation-id", "")[:128] or uuid.uuid4().hex
         now = datetime.now(UTC)
         async with self.pool.acquire() as conn:
             stored = await self.idempotency.begin(conn, principal.client_id, key, request_fp, now)
@@ -281,8 +291,11 @@ class Gateway:
                 verdict = idempotency_verdict(stored, request_fp, now)
                 if verdict == "replay":
                     assert stored.status_code is not None and stored.response_body is not None
+                    body = stored.response_body
+                    if keep is not None and stored.status_code < 300:
+                        body = keep.replayed(body)
                     return Response(
-                        stored.response_body, status_code=stored.status_code,
+                        body, status_code=stored.status_code,
                         media_type=stored.response_type,
                         headers={"Idempotent-Replayed": "true", "x-correlation-id": correlation_id},
                     )
@@ -295,7 +308,7 @@ class Gateway:
                     return problem(409, "idempotency_key_in_use", "Request in progress",
                                    "a request with this Idempotency-Key is still being processed")
         try:
-            response = await self.forward(route, request, principal, body, key, correlation_id)
+            response = await produce()
         except BaseException:
             await self._abandon(principal.client_id, key)
             raise
@@ -304,10 +317,12 @@ class Gateway:
             return response
         # The stored answer and the audit record in one commit (one WAL flush, one round trip
         # fewer than appending the record on its own).
-        record = self._audit_record(f"{route.method} {route.path}", request, response.status_code, response)
+        record = self._audit_record(action, request, response.status_code, response)
+        body = bytes(response.body)
         async with self.pool.acquire() as conn, conn.transaction():
             await self.idempotency.finish(
-                conn, principal.client_id, key, response.status_code, bytes(response.body),
+                conn, principal.client_id, key, response.status_code,
+                keep.stored(body) if keep is not None and response.status_code < 300 else body,
                 response.media_type or "application/json",
             )
             await append_audit(conn, record)
@@ -349,7 +364,8 @@ class Gateway:
         self, request: Request, scope: str, model: type[ModelT], *, users_may: bool = True
     ) -> tuple[Principal, ModelT] | Response:
         """What every write the gateway serves itself does first: authenticate, rate-limit,
-        check the scope, validate the body. Returns the caller and the body, or the answer."""
+        check the scope and the Idempotency-Key, validate the body. Returns the caller and the
+        body, or the answer."""
         principal = self.authenticate(request)
         request.state.principal = principal
         limited = await self.rate_limit("write", request, principal.client_id if principal else None)
@@ -359,11 +375,28 @@ class Gateway:
             return unauthorized()
         if scope not in principal.scopes or (principal.user_id is not None and not users_may):
             return problem(403, "insufficient_scope", "Forbidden", f"this route needs the {scope} scope")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not valid_idempotency_key(key):
+            return problem(400, "invalid_idempotency_key", "Invalid Idempotency-Key",
+                           "the Idempotency-Key must be 1-255 printable ASCII characters")
         try:
             body = await self.parse_body(request, model, True)
         except _Invalid as exc:
             return validation_problem_from(exc.errors)
         return principal, model.model_validate(body)
+
+    async def _once(
+        self, request: Request, principal: Principal, same: Any, produce: Callable[[], Awaitable[Response]],
+        *, keep: Keep | None = None,
+    ) -> Response:
+        """A local write, under its Idempotency-Key when it has one (``same``: what makes two
+        requests the same one, with nothing secret in it)."""
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return await produce()
+        action = f"POST {request.url.path}"
+        return await self._idempotent(request, principal, key, fingerprint("POST", request.url.path, same),
+                                      action, produce, keep=keep)
 
     async def create_card(self, request: Request) -> Response:
         checked = await self._local_write(request, "cards:write", CardCreate)
@@ -380,44 +413,102 @@ class Gateway:
         except CardRejected as exc:
             return validation_problem_from([{"type": "card", "loc": ("body", exc.field), "msg": str(exc)}])
         owner = principal.user_id or spec.owner_user_id
-        async with self.pool.acquire() as conn:
-            row = await self.vault.store(conn, tenant_id=principal.tenant_id, owner_user_id=owner, card=card,
-                                         exp_month=spec.exp_month, exp_year=spec.exp_year)
-        request.state.object_id = row["id"]
-        return JSONResponse(card_view(row), status_code=201)
+        vault = self.vault
+
+        async def store() -> Response:
+            async with self.pool.acquire() as conn:
+                row = await vault.store(conn, tenant_id=principal.tenant_id, owner_user_id=owner, card=card,
+                                        exp_month=spec.exp_month, exp_year=spec.exp_year)
+            request.state.object_id = row["id"]
+            return JSONResponse(card_view(row), status_code=201)
+
+        # "The same request" without the number or the CVC in clear: their keyed blind indexes.
+        def blind(purpose: str, value: str) -> str:
+            return vault.keyring.blind_index(f"{purpose}:{principal.tenant_id}", value).hex()
+
+        same = {"number": blind("idempotency-card", card.digits), "cvc": blind("idempotency-cvc", spec.cvc),
+                "exp_month": spec.exp_month, "exp_year": spec.exp_year, "owner_user_id": owner}
+        return await self._once(request, principal, same, store)
 
     async def create_user(self, request: Request) -> Response:
         checked = await self._local_write(request, "users:write", UserCreate, users_may=False)
         if isinstance(checked, Response):
             return checked
         principal, spec = checked
-        if self.users is None:
+        users = self.users
+        if users is None:
             return problem(503, "vault_unavailable", "Service unavailable", "users need the vault's keyring")
-        try:
-            async with self.pool.acquire() as conn:
-                row = await self.users.create(conn, tenant_id=principal.tenant_id, email=spec.email,
-                                              name=spec.name, password=spec.password)
-        except UserExists:
-            return problem(409, "user_exists", "Conflict", "a user with this email already exists")
-        request.state.object_id = row["id"]
-        return JSONResponse(row, status_code=201)
+
+        async def create() -> Response:
+            try:
+                async with self.pool.acquire() as conn:
+                    row = await users.create(conn, tenant_id=principal.tenant_id, email=spec.email,
+                                             name=spec.name, password=spec.password)
+            except UserExists:
+                return problem(409, "user_exists", "Conflict", "a user with this email already exists")
+            request.state.object_id = row["id"]
+            return JSONResponse(row, status_code=201)
+
+        # The password only as a keyed blind index (the key store of the vault), never in clear.
+        same = {"email": spec.email, "name": spec.name,
+                "password": users.keyring.blind_index(f"idempotency-password:{principal.tenant_id}",
+                                                      spec.password).hex()}
+        return await self._once(request, principal, same, create, keep=_sealed(users.keyring, principal, request))
 
     async def create_client(self, request: Request) -> Response:
         checked = await self._local_write(request, "admin", ClientCreate, users_may=False)
         if isinstance(checked, Response):
             return checked
         principal, spec = checked
-        async with self.pool.acquire() as conn:
-            row, secret = await self.clients.create_client(
-                conn, tenant_id=spec.tenant, name=spec.name, scopes=spec.scopes
+
+        async def create() -> Response:
+            async with self.pool.acquire() as conn:
+                row, secret = await self.clients.create_client(
+                    conn, tenant_id=spec.tenant, name=spec.name, scopes=spec.scopes
+                )
+            request.state.object_id = row["id"]
+            log.info("client_created", new_client_id=row["id"], tenant=spec.tenant, by=principal.client_id)
+            return JSONResponse(
+                {"client_id": row["id"], "client_secret": secret, "name": row["name"],
+                 "tenant": row["tenant_id"], "scopes": list(row["scopes"]), "created_at": row["created_at"]},
+                status_code=201,
             )
-        request.state.object_id = row["id"]
-        log.info("client_created", new_client_id=row["id"], tenant=spec.tenant, by=principal.client_id)
-        return JSONResponse(
-            {"client_id": row["id"], "client_secret": secret, "name": row["name"],
-             "tenant": row["tenant_id"], "scopes": list(row["scopes"]), "created_at": row["created_at"]},
-            status_code=201,
-        )
+
+        return await self._once(request, principal, spec.model_dump(mode="json"), create,
+                                keep=Keep(stored=_without_secret, replayed=lambda body: body))
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """How an answer is stored under its Idempotency-Key, and read back for a replay."""
+
+    stored: Callable[[bytes], bytes]
+    replayed: Callable[[bytes], bytes]
+
+
+def _sealed(keyring: Keyring, principal: Principal, request: Request) -> Keep:
+    """A created user's answer (email, name: personal data) kept sealed like the user row."""
+    context = f"idempotency:{principal.client_id}:{request.headers.get('idempotency-key')}"
+
+    def stored(body: bytes) -> bytes:
+        box = seal(keyring, body.decode(), context)
+        return orjson.dumps({"sealed": [box.kek_version, *(base64.b64encode(b).decode()
+                                                            for b in (box.wrapped_dek, box.nonce, box.ciphertext))]})
+
+    def replayed(body: bytes) -> bytes:
+        version, *parts = orjson.loads(body)["sealed"]
+        wrapped, nonce, ciphertext = (base64.b64decode(part) for part in parts)
+        return open_sealed(keyring, Sealed(version, wrapped, nonce, ciphertext), context).encode()
+
+    return Keep(stored=stored, replayed=replayed)
+
+
+def _without_secret(body: bytes) -> bytes:
+    """A created client as its Idempotency-Key keeps it: the secret is shown once, never stored
+    in clear, so a replay answers ``client_secret: null`` (the client exists once either way)."""
+    created = orjson.loads(body)
+    created["client_secret"] = None
+    return orjson.dumps(created)
 
 
 class _Invalid(Exception):

@@ -9,7 +9,6 @@ expired (token lifetime + leeway), then retire. Tokens in flight never fail.
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime
 from pathlib import Path
 
@@ -23,17 +22,14 @@ from paystream.gateway.vault import CardVault
 from paystream.platform.config import load_settings
 from paystream.platform.crypto import FileKeyring
 from paystream.platform.db import create_pool
+from paystream.platform.home import database_url
 
 SCHEMA = "gateway"
 
 
 async def gateway_pool(home: Path) -> asyncpg.Pool:
     """A one-connection pool on the gateway's schema of the stack running from ``home``."""
-    stack_file = home / "stack.json"
-    if not stack_file.exists():
-        raise FileNotFoundError(f"no running stack at {home} (no stack.json)")
-    url = json.loads(stack_file.read_text())["postgres_url"]
-    return await create_pool(url, min_size=1, max_size=1, search_path=SCHEMA)
+    return await create_pool(database_url(home), min_size=1, max_size=1, search_path=SCHEMA)
 
 
 async def rotate_signing_key(home: Path) -> tuple[str, datetime]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 from fastapi import FastAPI
 
+from paystream.contracts.topology import SERVICES
 from paystream.gateway.api import Gateway, install_routes
 from paystream.gateway.audit import run_chainer
 from paystream.gateway.openapi import build_openapi
@@ -26,7 +27,7 @@ log = get_logger(__name__)
 
 NAME = "gateway"
 NEEDS = Needs(postgres=True)
-ROUTED_SERVICES = ("ledger", "payments", "fraud", "notifications")
+ROUTED_SERVICES = tuple(name for name in SERVICES if name != "gateway")  # the services it forwards to
 _KEYS_LOCK = 0x6B657973  # "keys"
 
 

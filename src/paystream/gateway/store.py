@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from paystream.contracts.ids import new_id
 from paystream.gateway.domain import StoredKey
-from paystream.platform.ids import new_id
 
 LEASE = timedelta(seconds=60)
 

@@ -26,8 +26,8 @@ import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from paystream.contracts.ids import new_id
 from paystream.platform.crypto import Keyring, Sealed, open_sealed, seal
-from paystream.platform.ids import new_id
 
 HASHER = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1, hash_len=32, salt_len=16)
 MAX_FAILURES = 10

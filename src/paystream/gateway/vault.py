@@ -7,9 +7,9 @@ from typing import Any
 
 import asyncpg
 
+from paystream.contracts.ids import new_id
 from paystream.gateway.cards import CardNumber
 from paystream.platform.crypto import Keyring, Sealed, open_sealed, rewrap, seal
-from paystream.platform.ids import new_id
 
 CARD_COLUMNS = "id, brand, last4, exp_month, exp_year, fingerprint, created_at"
 # Tables whose rows carry (kek_version, wrapped_dek, nonce, ciphertext).

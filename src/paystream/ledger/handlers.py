@@ -35,6 +35,7 @@ from paystream.contracts.events import (
     PaymentOrder,
     payload_of,
 )
+from paystream.contracts.ids import new_id
 from paystream.ledger.domain import (
     Book,
     Direction,
@@ -51,7 +52,6 @@ from paystream.ledger.domain import (
 )
 from paystream.ledger.lookups import PostedTransfer
 from paystream.ledger.store import LedgerStore
-from paystream.platform.ids import new_id
 from paystream.platform.observability import get_logger, held_until_commit, log_on_commit
 from paystream.platform.outbox import Outbox
 from paystream.platform.runtime import repeat

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from paystream.contracts.ids import new_id
 from paystream.ledger.domain import (
     AccountState,
     BatchResult,
@@ -27,7 +28,6 @@ from paystream.ledger.domain import (
     TransferRequest,
 )
 from paystream.ledger.lookups import TransferLookups
-from paystream.platform.ids import new_id
 from paystream.platform.outbox import OutboxRows
 
 _ACCOUNT_COLUMNS = (

@@ -16,10 +16,10 @@ import asyncpg
 import stamina
 
 from paystream.contracts.api import TransferCreate
+from paystream.contracts.ids import new_id
 from paystream.ledger.domain import Book, HoldAction, HoldVerb, Leg, Posted, Rejected, TransferRequest
 from paystream.ledger.store import LedgerStore
 from paystream.platform.errors import Conflict, Invalid, NotFound
-from paystream.platform.ids import new_id
 
 KIND = "ledger"
 _PREFIX = "ext:"

@@ -27,7 +27,6 @@ memory, which is fine for the sizes this runs on; a streaming fold is the next s
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from paystream.ledger import checkpoints as cp
 from paystream.ledger.chain import GENESIS, EntryFields, entry_hash
 from paystream.ledger.domain import AccountState
 from paystream.platform.checks import Check, CheckReport
+from paystream.platform.home import database_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,9 +421,4 @@ async def verify_database(
 
 def database_url_of(home: Path) -> str:
     """The superuser URL that `paystream up` wrote to ``home/stack.json`` (nothing else is read)."""
-    stack_file = home / "stack.json"
-    if not stack_file.exists():
-        raise FileNotFoundError(f"no stack.json in {home}; pass --database-url or start `paystream up`")
-    url = json.loads(stack_file.read_text())["postgres_url"]
-    assert isinstance(url, str)
-    return url
+    return database_url(home)

@@ -8,12 +8,12 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Response
 
 from paystream.contracts.api import WebhookEndpointCreate
+from paystream.contracts.ids import has_prefix, new_id
 from paystream.notifications.domain import new_secret
 from paystream.notifications.ssrf import url_problem
 from paystream.notifications.store import NotificationsStore, endpoint_view
 from paystream.platform.errors import Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
-from paystream.platform.ids import has_prefix, new_id
 
 
 def install_routes(

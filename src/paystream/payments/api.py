@@ -10,13 +10,13 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query
 
 from paystream.contracts.api import DepositCreate, PaymentCreate, PaymentStatus, RefundCreate
+from paystream.contracts.ids import has_prefix, new_id
+from paystream.contracts.money import MAX_AMOUNT, convert
 from paystream.payments.directory import AccountDirectory
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import DirectoryEntry, PaymentsStore, payment_view
 from paystream.platform.errors import DomainError, Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
-from paystream.platform.ids import has_prefix, new_id
-from paystream.platform.money import MAX_AMOUNT, convert
 
 
 def _exchange(values: dict[str, Any], accounts: dict[str, DirectoryEntry]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from prometheus_client import Counter
 
 from paystream.contracts.envelope import make_envelope
 from paystream.contracts.events import FraudReview, PaymentOrder
+from paystream.contracts.ids import new_id
 from paystream.contracts.internal import (
     DeadlineReview,
     DeadlineReviews,
@@ -47,7 +48,6 @@ from paystream.payments.handlers import Changes, order_of
 from paystream.payments.store import PaymentsStore, PendingHandoff
 from paystream.platform.errors import TransientError
 from paystream.platform.http import Caller
-from paystream.platform.ids import new_id
 from paystream.platform.internal import InternalClient
 from paystream.platform.observability import Metrics, bound, get_logger, held_until_commit, log_on_commit
 from paystream.platform.outbox import Outbox

@@ -16,10 +16,10 @@ from paystream.contracts.events import (
     PaymentOrder,
     payload_of,
 )
+from paystream.contracts.ids import new_id
 from paystream.payments.domain import DEADLINE_REASON, Signal, Transition, next_state
 from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow, payment_view
 from paystream.platform.errors import PoisonMessage
-from paystream.platform.ids import new_id
 from paystream.platform.observability import bound, get_logger, log_on_commit
 from paystream.platform.outbox import Outbox
 

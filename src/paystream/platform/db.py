@@ -110,11 +110,6 @@ async def ping(pool: asyncpg.Pool, timeout: float = 1.0) -> bool:
         return False
 
 
-def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    """A row as a plain dict (``None`` stays ``None``)."""
-    return dict(record) if record is not None else None
-
-
 class Listener:
     """A LISTEN on one channel, held on a connection of ``pool``, that survives the server.
 

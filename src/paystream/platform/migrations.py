@@ -16,7 +16,6 @@ from importlib import resources
 
 import asyncpg
 
-SERVICES: tuple[str, ...] = ("gateway", "payments", "fraud", "ledger", "notifications")
 MESSAGING_SERVICES: frozenset[str] = frozenset({"payments", "fraud", "ledger", "notifications"})
 
 _FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")

@@ -7,8 +7,7 @@ there are partitions (each partition has one owner at a time), so that is refuse
 
 from __future__ import annotations
 
-from paystream.contracts.topology import CONSUMERS
-from paystream.platform.migrations import SERVICES
+from paystream.contracts.topology import CONSUMERS, SERVICES
 
 CONSUMING: frozenset[str] = frozenset(spec.service for spec in CONSUMERS)
 MAX_GATEWAYS = 32

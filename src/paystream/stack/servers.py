@@ -7,7 +7,6 @@ restarts.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -236,14 +235,3 @@ class Redis:
             return False
         finally:
             await client.aclose()
-
-
-async def wait_ready(check: object, timeout: float) -> bool:
-    """Poll an async ``check()`` until it answers True or ``timeout`` passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if await check():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.2)
-    return False

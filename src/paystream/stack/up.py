@@ -25,12 +25,12 @@ import asyncpg
 import psutil
 from rich.console import Console
 
-from paystream.contracts.topology import STREAMS, partitioned_consumers
+from paystream.contracts.topology import SERVICES, STREAMS, partitioned_consumers
 from paystream.gateway.domain import SCOPES
 from paystream.gateway.store import ClientStore
 from paystream.platform.config import load_settings
 from paystream.platform.crypto import FileKeyring
-from paystream.platform.migrations import SERVICES, migrate, role_name
+from paystream.platform.migrations import migrate, role_name
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import configure_logging
 from paystream.stack.place import PlaceError, purge

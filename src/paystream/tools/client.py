@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import ssl
 import time
 import uuid
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 import stamina
 
+from paystream.platform.home import read_admin_client, read_secrets, read_stack
 from paystream.platform.http import H_CLIENT, H_INTERNAL_TOKEN, H_TENANT
 
 
@@ -34,13 +34,7 @@ class StackInfo:
     @classmethod
     def load(cls, home: Path) -> StackInfo:
         home = home.resolve()
-        stack_file = home / "stack.json"
-        if not stack_file.exists():
-            raise FileNotFoundError(
-                f"no running stack at {home} (no stack.json); start one with `paystream up`"
-            )
-        stack = json.loads(stack_file.read_text())
-        admin = json.loads((home / "admin-client.json").read_text())
+        stack, admin = read_stack(home), read_admin_client(home)
         return cls(
             home=home,
             gateway_url=stack["gateway_url"],
@@ -242,7 +236,7 @@ class FraudFaults:
     @classmethod
     def for_home(cls, home: Path) -> FraudFaults:
         info = StackInfo.load(home)
-        token = json.loads((info.home / "secrets.json").read_text())["internal_token"]
+        token = read_secrets(info.home)["internal_token"]
         return cls(info.operations_urls["fraud"], token)
 
     async def get(self) -> dict[str, Any]:

@@ -331,11 +331,7 @@ class DemoChecks(CheckReport):
 
 async def run_demo(home: Path, *, payments: int, concurrency: int, console: Console) -> bool:
     """Run the demo against the stack of ``home``; True when every check passes."""
-    try:
-        info = StackInfo.load(home)
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return False
+    info = StackInfo.load(home)  # no stack: `NoStack`, one line from the CLI
     limits = FraudLimits.from_settings()
     plan = DemoPlan.for_payments(payments, limits)
     console.rule("[bold]paystream demo")

@@ -54,10 +54,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from paystream.contracts.topology import SERVICES
 from paystream.ledger.verify import verify_database
 from paystream.platform.checks import Check, CheckReport
 from paystream.platform.config import load_settings
-from paystream.platform.migrations import SERVICES
+from paystream.platform.home import read_stack
 from paystream.stack.scale import ScaleError, parse_scale
 from paystream.tools.bench import BenchPlan
 from paystream.tools.client import FraudFaults, PaystreamClient, StackInfo
@@ -184,7 +185,7 @@ class StackHandle:
         self.home = home.resolve()
         try:
             self.info = StackInfo.load(self.home)
-            self.raw: dict[str, Any] = json.loads((self.home / "stack.json").read_text())
+            self.raw: dict[str, Any] = read_stack(self.home)
         except FileNotFoundError as exc:
             raise GamedayError(str(exc)) from None
         if not _alive(int(self.raw.get("supervisor_pid") or 0)):
