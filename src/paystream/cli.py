@@ -123,6 +123,24 @@ def serve(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES
     run_service(importlib.import_module(f"paystream.{name}.service"))
 
 
+@app.command()
+def migrate() -> None:
+    """Migrate every service's schema and provision the streams (a deployment's step before its services).
+
+    Reads PAYSTREAM_ADMIN_DATABASE_URL, PAYSTREAM_ROLE_PASSWORDS and PAYSTREAM_NATS_URL; `up` needs none of this.
+    """
+    from paystream.platform.config import load_settings
+    from paystream.platform.provision import ProvisionError, provision
+
+    try:
+        done = asyncio.run(provision(load_settings()))
+    except ProvisionError as exc:
+        console.print(f"[red]cannot migrate:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for line in done:
+        console.print(f"migrated {line}")
+
+
 def _drive(work: Coroutine[Any, Any, bool], what: str) -> None:
     """Run a tool that drives the public API; an API or network failure is a message, exit 1."""
     import httpx
