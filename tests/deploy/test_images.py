@@ -119,3 +119,17 @@ def test_compose_env_knows_every_service() -> None:
     text = COMPOSE_ENV.read_text()
     listed = re.search(r"^SERVICES = \(([^)]*)\)", text, flags=re.MULTILINE)
     assert listed and tuple(s.strip().strip('"') for s in listed.group(1).split(",") if s.strip()) == SERVICES
+
+
+def test_the_github_workflow_runs_ci_run_then_builds_and_scans_the_image() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = workflow["jobs"]
+    assert [s.get("run") for s in jobs["test"]["steps"] if s.get("run")] == ["bash .ci/run"]
+    image = jobs["image"]
+    assert image["needs"] == "test"
+    uses = [s.get("uses", "") for s in image["steps"]]
+    build = next(s for s in image["steps"] if s.get("uses", "").startswith("docker/build-push-action"))
+    assert build["with"]["file"] == "deploy/Dockerfile"
+    scan = next(s for s in image["steps"] if s.get("uses", "").startswith("aquasecurity/trivy-action"))
+    assert scan["with"]["image-ref"] == build["with"]["tags"] and scan["with"]["exit-code"] == "1"
+    assert uses.index(build["uses"]) < uses.index(scan["uses"])
