@@ -129,16 +129,18 @@ def migrate() -> None:
 
     Reads PAYSTREAM_ADMIN_DATABASE_URL, PAYSTREAM_ROLE_PASSWORDS and PAYSTREAM_NATS_URL; `up` needs none of this.
     """
+    from rich.markup import escape
+
     from paystream.platform.config import load_settings
     from paystream.platform.provision import ProvisionError, provision
 
     try:
         done = asyncio.run(provision(load_settings()))
     except ProvisionError as exc:
-        console.print(f"[red]cannot migrate:[/red] {exc}")
+        console.print(f"[red]cannot migrate:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     for line in done:
-        console.print(f"migrated {line}")
+        console.print(f"migrated {escape(line)}", soft_wrap=True)
 
 
 def _drive(work: Coroutine[Any, Any, bool], what: str) -> None:

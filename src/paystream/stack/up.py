@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import psutil
 from rich.console import Console
+from rich.markup import escape
 
 from paystream.contracts.topology import STREAMS, partitioned_consumers
 from paystream.gateway.domain import SCOPES
@@ -411,7 +412,8 @@ async def run_up(options: UpOptions, console: Console) -> int:
     if starting.done():
         error = starting.exception()
         if error is not None:
-            stack.say(f"[bold red]cannot start:[/bold red] {error}")
+            # escaped: a message may hold brackets, e.g. "paystream[local]", that rich would take for markup
+            stack.say(f"[bold red]cannot start:[/bold red] {escape(str(error))}")
             code = 2 if isinstance(error, (PlaceError, ModeMismatch, LocalServersMissing)) else 1
         else:
             if options.demo:
