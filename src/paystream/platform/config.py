@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # With several copies of a service, they share ``http_port`` (SO_REUSEPORT: the kernel
     # spreads connections) and each also answers alone on ``own_port`` (readiness, metrics).
     own_port: int | None = None
+    # `paystream migrate`, a deployment's migration step (`paystream up` does the same itself):
+    # a role that may create roles and schemas (the cluster's superuser), and the password each
+    # service's role gets, by service name (JSON: {"gateway": "...", ...}).
+    admin_database_url: SecretStr | None = None
+    role_passwords: dict[str, SecretStr] = Field(default_factory=dict)
     # Shared secret the gateway presents to internal service routes.
     internal_token: SecretStr = SecretStr("")
     # Base URLs of the other services, by name, e.g. {"payments": "http://127.0.0.1:8402"}.

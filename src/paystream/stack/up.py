@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import psutil
 from rich.console import Console
+from rich.markup import escape
 
 from paystream.contracts.topology import SERVICES, STREAMS, partitioned_consumers
 from paystream.gateway.domain import SCOPES
@@ -37,7 +38,7 @@ from paystream.stack.place import PlaceError, purge
 from paystream.stack.ports import choose_port
 from paystream.stack.process import ProcessSpec, StartFailed, Supervisor
 from paystream.stack.scale import copy_names
-from paystream.stack.servers import Nats, Postgres, Redis, nats_cluster
+from paystream.stack.servers import LocalServersMissing, Nats, Postgres, Redis, nats_cluster
 from paystream.stack.tls import TlsFiles, ensure_local_tls
 
 DEFAULT_PORTS: dict[str, int] = {
@@ -411,8 +412,9 @@ async def run_up(options: UpOptions, console: Console) -> int:
     if starting.done():
         error = starting.exception()
         if error is not None:
-            stack.say(f"[bold red]cannot start:[/bold red] {error}")
-            code = 2 if isinstance(error, (PlaceError, ModeMismatch)) else 1
+            # escaped: a message may hold brackets, e.g. "paystream[local]", that rich would take for markup
+            stack.say(f"[bold red]cannot start:[/bold red] {escape(str(error))}")
+            code = 2 if isinstance(error, (PlaceError, ModeMismatch, LocalServersMissing)) else 1
         else:
             if options.demo:
                 demo = asyncio.create_task(_run_demo(stack, options.demo_args))
