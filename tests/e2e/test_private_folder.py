@@ -75,7 +75,7 @@ def _private_clone(owner: str | None) -> Iterator[Path]:
         _run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)])
         _run([python, "-m", "venv", str(clone / ".venv")])
         _run([str(clone / ".venv" / "bin" / "python"), "-m", "pip", "install", "--quiet",
-              "-c", "constraints.txt", "-e", ".[test]"], cwd=clone)
+              "-c", "constraints.txt", "-e", ".[local,test]"], cwd=clone)
         if owner is not None:
             entry = pwd.getpwnam(owner)
             for path in [top, *top.rglob("*")]:
