@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from paystream.fraud.features import FEATURES
 from paystream.fraud.model import default_model_path, load
 from paystream.fraud.simulate import simulate
 from paystream.fraud.train import ROUNDS, average_precision, dataset, fit, service_rules
@@ -83,7 +84,7 @@ def compare(seed: int, days: int, users: int, calls: int) -> dict[str, Any]:
 def serving(calls: int) -> dict[str, Any]:
     model = load(default_model_path())
     rng = np.random.default_rng(1)
-    rows = rng.normal(size=(calls, 15)).tolist()
+    rows = rng.normal(size=(calls, len(FEATURES))).tolist()
     index = iter(range(10 * calls))
     return {"model": model.version, **_latency(lambda: model.score([rows[next(index) % calls]]), calls)}
 
