@@ -20,7 +20,8 @@ No fraud dataset can be fetched here, so paystream makes its own. The generative
    user sends many times their usual amount to a new counterparty) and ``impossible_hours``
    (a daytime user suddenly pays new counterparties between 02:00 and 04:30 of *their*
    local night, far from their own rhythm), and ``cash_out`` (a fresh wallet funded with
-   stolen money moves it on to fresh accounts seconds to minutes later, in a burst).
+   stolen money moves it on to fresh accounts seconds to minutes later, in a burst; its
+   top-up is labelled honest, since nothing tells it apart when it is made).
 4. **Money is real:** balances are tracked; an honest payment the payer cannot cover is
    not made, and drains take what is there.
 
@@ -353,7 +354,11 @@ class Simulator:
         rng = self._rng
         wallet = self._fresh_account("x")
         device = wallet.replace("acc_", "dev_")
-        self._add(at, "deposit", None, wallet, int(rng.uniform(10_000, 150_000)), device, "cash_out")
+        # The top-up of stolen money is written as honest: when it is made nothing tells it from a new
+        # user's first top-up (its chargeback comes weeks later), and a label no feature can see would
+        # only teach the model to review every new wallet's first deposit. The moving on is the fraud.
+        amount = min(150_000, max(5_000, int(math.exp(rng.gauss(math.log(40_000), 0.8)))))
+        self._add(at, "deposit", None, wallet, amount, device)
         at += int(rng.expovariate(1 / 30_000)) + 1_000
         sinks = [self._fresh_account("x") for _ in range(rng.randint(1, 2))]
         count = rng.randint(1, 4)
