@@ -14,6 +14,13 @@ Run from the repository root::
 2. **Serving.** The packaged default model through the service's own path
    (`LoadedModel.score`, one payment per call, reason codes included): p50 / p99 over
    ``--calls`` calls. The target is p99 < 2 ms.
+3. **Hours** (``--part hours``): the offline probes of `fraud.probe` (an honest cohort of
+   new wallets, a card-testing run, an account-takeover burst) started at every UTC hour,
+   screened by the default model as in mode ``on``: the table of docs/fraud-model.md.
+4. **Demo and bench traffic** (``--part traffic``): the transfers `paystream demo` (3,000)
+   and `make bench` (10,000 over 2,000 wallets) send, planned by their own code, timed at
+   the ~210 payments/s a stack here completes, screened offline as in mode ``on``: the
+   share the model would hold for review or decline (why the default mode stays shadow).
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from paystream.fraud.features import FEATURES, PaymentFacts
 from paystream.fraud.model import default_model_path, load
+from paystream.fraud.probe import Probed, hour_table, outcomes_by_part, screen
 from paystream.fraud.simulate import simulate
 from paystream.fraud.train import ROUNDS, average_precision, dataset, fit, service_rules
 
@@ -83,9 +92,65 @@ def compare(seed: int, days: int, users: int, calls: int) -> dict[str, Any]:
 def serving(calls: int) -> dict[str, Any]:
     model = load(default_model_path())
     rng = np.random.default_rng(1)
-    rows = rng.normal(size=(calls, 15)).tolist()
+    rows = rng.normal(size=(calls, len(FEATURES))).tolist()
     index = iter(range(10 * calls))
     return {"model": model.version, **_latency(lambda: model.score([rows[next(index) % calls]]), calls)}
+
+
+def hours() -> list[dict[str, Any]]:
+    from datetime import UTC, datetime
+
+    day = int(datetime(2026, 12, 7, tzinfo=UTC).timestamp() * 1000)
+    rows = hour_table(load(default_model_path()), service_rules(), day)
+    return [{"hour": r.hour, "merchant": r.merchant, "friend_40_60s": r.friend, "card_testing_through": r.card_testing,
+             "takeover_through": r.takeover} for r in rows]
+
+
+def _timed(specs: list[Any], start_ms: int, per_second: float, scenario_of: Callable[[Any], str]) -> list[Probed]:
+    probed = []
+    for n, spec in enumerate(specs):
+        at = start_ms + int(n * 1000 / per_second)
+        deposit = spec.source is None
+        facts = PaymentFacts(payment_id=f"pay_{n:06d}_{spec.key[:8]}", at_ms=at,
+                             subject=spec.destination if deposit else spec.source,
+                             counterparty=None if deposit else spec.destination, amount=spec.amount,
+                             is_deposit=deposit)
+        probed.append(Probed(facts, scenario_of(spec)))
+    return probed
+
+
+def _held(name: str, deposits: list[Any], transfers: list[Any], rate: float = 210.0) -> dict[str, Any]:
+    start = 1_800_000_000_000
+    probe = _timed(deposits, start, rate, lambda spec: "funding")
+    probe += _timed(transfers, start + int(len(deposits) * 1000 / rate) + 2_000, rate, lambda spec: spec.scenario)
+    counts = outcomes_by_part(probe, screen(probe, load(default_model_path()), service_rules()))
+    result: dict[str, Any] = {"traffic": name}
+    for part, c in sorted(counts.items()):
+        result[part] = {"payments": c.total(), "approve": c["approve"], "review": c["review"], "decline": c["decline"],
+                        "held_share": round(1 - c["approve"] / c.total(), 4)}
+    return result
+
+
+def traffic() -> list[dict[str, Any]]:
+    import random
+
+    from paystream.tools.bench import BenchPlan
+    from paystream.tools.demo import DemoPlan, FraudLimits, Wallets, plan_deposits, plan_transfers
+
+    rng = random.Random(1)
+    limits = FraudLimits.from_settings()
+    plan = DemoPlan.for_payments(3000, limits)
+    ids = [f"acc_demo{n:05d}" for n in range(plan.ordinary_wallets + plan.review + plan.unfunded_wallets + 1)]
+    review_end = plan.ordinary_wallets + plan.review
+    wallets = Wallets(ordinary=ids[:plan.ordinary_wallets], review=ids[plan.ordinary_wallets:review_end],
+                      unfunded=ids[review_end:-1], burst=ids[-1])
+    transfers = plan_transfers(plan, wallets, limits, rng)
+    demo = _held("paystream demo (3,000 transfers)", plan_deposits(wallets, transfers, limits, rng), transfers)
+    bench = BenchPlan(10_000, 2_000, deposit_amount=limits.review_threshold - 1)
+    bench_wallets = [f"acc_bench{n:05d}" for n in range(2_000)]
+    bench_transfers = bench.transfers(bench_wallets, rng)
+    return [demo, _held("make bench (10,000 over 2,000 wallets)", bench.deposits(bench_wallets, bench_transfers),
+                        bench_transfers)]
 
 
 def main() -> None:
@@ -95,8 +160,17 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=400)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--part", choices=("all", "serving", "choice", "hours", "traffic"), default="all")
     args = parser.parse_args()
-    results = {"serving": serving(args.calls), "choice": compare(args.seed, args.days, args.users, args.calls)}
+    results: dict[str, Any] = {}
+    if args.part in ("all", "serving"):
+        results["serving"] = serving(args.calls)
+    if args.part in ("all", "choice"):
+        results["choice"] = compare(args.seed, args.days, args.users, args.calls)
+    if args.part in ("all", "hours"):
+        results["hours"] = hours()
+    if args.part in ("all", "traffic"):
+        results["traffic"] = traffic()
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -84,10 +84,12 @@ async def test_a_card_testing_run_the_rules_approve_is_reviewed_or_declined_with
     for _, reasons in outcomes:
         assert reasons[0] in ("model_review", "model_decline")
         assert any(reason.startswith("risk:") for reason in reasons)
-    review = await pool.fetchrow("SELECT reasons, score, model_version FROM reviews ORDER BY created_at LIMIT 1")
-    assert review is not None and review["model_version"] == _serving().model.version  # type: ignore[union-attr]
-    assert review["score"] > 0 and "model_review" in review["reasons"]
-    assert await pool.fetchval("SELECT count(*) FROM model_scores WHERE mode = 'on'") == 30
+    # The shipped model declines the whole run (no review is opened); a review's score and version are
+    # checked on a whole stack (tests/e2e/test_fraud_model.py). Every score is kept with its version.
+    scores = await pool.fetch("SELECT model_version, score, model_outcome FROM model_scores WHERE mode = 'on'")
+    version = _serving().model.version  # type: ignore[union-attr]
+    assert len(scores) == 30
+    assert all(r["model_version"] == version and r["score"] > 0 and r["model_outcome"] != "approve" for r in scores)
 
 
 async def test_shadow_mode_records_the_score_and_leaves_the_decision_to_the_rules(

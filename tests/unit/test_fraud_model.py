@@ -39,6 +39,14 @@ def test_an_artefact_with_another_feature_list_is_refused() -> None:
         parse(json.dumps(_artefact(features=[*FEATURES[:-1], "device_new"])))
 
 
+def test_an_artefact_trained_on_the_absolute_hour_is_refused() -> None:
+    # The feature list of artefacts before the features became relative to the account's rhythm.
+    stale = [name for name in FEATURES if name not in ("hour_offset", "rhythm", "off_rhythm_share")]
+    stale[-1:-1] = ["hour_of_day", "night_share"]
+    with pytest.raises(ModelError, match="feature list"):
+        parse(json.dumps(_artefact(features=stale)))
+
+
 def test_a_corrupt_artefact_is_refused() -> None:
     text = default_model_path().read_text()
     with pytest.raises(ModelError, match="not JSON"):

@@ -8,17 +8,27 @@ Training and scoring must not skew, so there is one definition here, in three pa
    simulated or stored history offline) and ``_SCRIPT`` (one Redis Lua script per payment,
    atomic, for the running service, in `OnlineFeatures`). Both return a `Raw` (the history
    as it stood before the payment); the Lua script does only additions and multiplications
-   on numbers Python hands it (the log of the amount, the night flag), formatted ``%.17g``,
+   on numbers Python hands it (the log of the amount, the sine and cosine of the time of
+   day), formatted ``%.17g``,
    so the two agree to the bit. ``tests/integration/test_features.py`` holds them to it.
 3. `vector`: `Raw` + facts → the model's inputs, in `FEATURES` order. Shared by both paths.
 
 The *subject* of a payment is the account it is partitioned by (the payer; the payee of a
 deposit). Its history: an exponentially weighted mean and variance of the log amounts it
-paid (and the share of them at night), its payments in the last minute, hour and day, the
+paid, its *rhythm* (an exponentially weighted circular mean of the times of day it paid
+at, and the share of its payments made more than six hours from that mean), its payments
+in the last minute, hour and day, the
 counterparties it paid in the last 90 days (novelty) and 24 hours (fan-out), the accounts
 that paid it in 24 hours (fan-in), and when paystream first saw it (age). Redis is not the
 source of truth: ``payment_facts`` in PostgreSQL keeps every screened payment, and
 `OnlineFeatures` is rebuilt from it by replay when Redis has lost its state.
+
+No feature reads the absolute wall-clock hour. Wallets live in every time zone, and an
+hour that is a user's afternoon is another's night: a model that learnt the UTC hour
+sends a whole continent's evening to review (docs/fraud-model.md, "Hour independence").
+The time of day enters only as the distance from the account's own rhythm, which a
+constant shift of all of its payments (another time zone) leaves unchanged, and which is
+0 for an account with no history (a new account has no "wrong" hour).
 """
 
 from __future__ import annotations
@@ -47,8 +57,9 @@ FEATURES: tuple[str, ...] = (
     "fan_in_24h",        # distinct accounts that paid the subject in 24 h
     "dest_fan_in_24h",   # distinct accounts that paid the destination in 24 h
     "account_age_days",  # since paystream first saw the subject
-    "hour_of_day",       # UTC, fractional
-    "night_share",       # EW share of the subject's payments made 00:00-06:00
+    "hour_offset",       # hours (0-12) between this payment's time of day and the subject's EW mean one
+    "rhythm",            # length of that EW mean of unit vectors: 1 = always the same hour, 0 = none
+    "off_rhythm_share",  # EW share of the subject's payments made more than 6 h from its then mean hour
     "is_deposit",
 )
 
@@ -60,6 +71,8 @@ DAY_MS = 86_400_000
 NOVELTY_MS = 90 * DAY_MS
 STATE_TTL_MS = 90 * DAY_MS
 RESULT_TTL_MS = 2 * DAY_MS
+STATE_VERSION = 2  # the layout of the Redis state; a new one starts empty and is rebuilt from PostgreSQL
+PREFIX = f"fraud:features:v{STATE_VERSION}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +91,10 @@ class PaymentFacts:
         return math.log(self.amount + 1.0)
 
     @property
-    def at_night(self) -> bool:
-        return (self.at_ms % DAY_MS) < 6 * HOUR_MS
+    def clock(self) -> tuple[float, float]:
+        """The time of day as a point on the unit circle (sine, cosine); midnight UTC is (0, 1)."""
+        angle = 2.0 * math.pi * (self.at_ms % DAY_MS) / DAY_MS
+        return math.sin(angle), math.cos(angle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +104,9 @@ class Raw:
     history: int
     mean: float
     var: float
-    night: float
+    clock_sin: float  # the EW mean of the subject's payments' `PaymentFacts.clock`
+    clock_cos: float
+    off_rhythm: float
     first_seen_ms: int
     velocity_1m: int
     velocity_1h: int
@@ -101,10 +118,24 @@ class Raw:
     dest_fan_in_24h: int
 
 
+def rhythm(raw: Raw, facts: PaymentFacts) -> tuple[float, float]:
+    """(hours between this payment's time of day and the subject's mean one, the rhythm's strength).
+
+    Both 0 for a subject with no payments yet, or whose times of day cancel out.
+    """
+    strength = math.sqrt(raw.clock_sin * raw.clock_sin + raw.clock_cos * raw.clock_cos)
+    if raw.history == 0 or strength < 1e-9:
+        return 0.0, 0.0
+    s, c = facts.clock
+    cosine = (raw.clock_sin * s + raw.clock_cos * c) / strength
+    return math.acos(max(-1.0, min(1.0, cosine))) * 12.0 / math.pi, strength
+
+
 def vector(raw: Raw, facts: PaymentFacts) -> list[float]:
     """The model's inputs for one payment, in `FEATURES` order."""
     x = facts.log_amount
     z = (x - raw.mean) / math.sqrt(raw.var + VARIANCE_FLOOR) if raw.history > 0 else 0.0
+    offset, strength = rhythm(raw, facts)
     return [
         x,
         z,
@@ -118,21 +149,44 @@ def vector(raw: Raw, facts: PaymentFacts) -> list[float]:
         float(raw.fan_in_24h),
         float(raw.dest_fan_in_24h),
         max(0.0, (facts.at_ms - raw.first_seen_ms) / DAY_MS),
-        (facts.at_ms % DAY_MS) / HOUR_MS,
-        raw.night,
+        offset,
+        strength,
+        raw.off_rhythm,
         1.0 if facts.is_deposit else 0.0,
     ]
 
 
-def ew_update(n: int, mean: float, var: float, night: float, x: float, at_night: float) -> tuple[float, float, float]:
-    """The subject's EW mean, variance and night share once a payment of log amount ``x`` is added.
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The subject's exponentially weighted statistics (the part of its state every payment updates)."""
 
-    The Lua script does the same operations in the same order (keep them in step).
+    n: int = 0
+    mean: float = 0.0
+    var: float = 0.0
+    clock_sin: float = 0.0
+    clock_cos: float = 0.0
+    off_rhythm: float = 0.0
+
+
+def ew_update(before: Stats, x: float, clock: tuple[float, float]) -> Stats:
+    """The statistics once an outgoing payment of log amount ``x`` at time of day ``clock`` is added.
+
+    A payment is *off rhythm* when it is more than six hours (a quarter of the circle) from
+    the mean time of day, that is when the dot product of the two is negative: no square
+    root or trigonometry is needed, so the Lua script does the same operations in the same
+    order (keep them in step) and gets the same bits.
     """
-    if n == 0:
-        return x, 0.0, at_night
-    d = x - mean
-    return mean + ALPHA * d, (1.0 - ALPHA) * (var + ALPHA * d * d), night + ALPHA * (at_night - night)
+    s, c = clock
+    if before.n == 0:
+        return Stats(1, x, 0.0, s, c, 0.0)
+    a = ALPHA
+    d = x - before.mean
+    off = 1.0 if before.clock_sin * s + before.clock_cos * c < 0 else 0.0
+    return Stats(
+        before.n + 1, before.mean + a * d, (1.0 - a) * (before.var + a * d * d),
+        before.clock_sin + a * (s - before.clock_sin), before.clock_cos + a * (c - before.clock_cos),
+        before.off_rhythm + a * (off - before.off_rhythm),
+    )
 
 
 # -- offline: the update in Python ---------------------------------------------------------
@@ -141,10 +195,7 @@ def ew_update(n: int, mean: float, var: float, night: float, x: float, at_night:
 @dataclass(slots=True)
 class _Account:
     first_seen: int | None = None
-    n: int = 0
-    mean: float = 0.0
-    var: float = 0.0
-    night: float = 0.0
+    stats: Stats = field(default_factory=Stats)
     payments: list[tuple[int, str, int]] = field(default_factory=list)  # (at, member, amount), sorted
     payees: dict[str, int] = field(default_factory=dict)  # counterparty → last paid at
     payers: dict[str, int] = field(default_factory=dict)  # payer → last paid at
@@ -181,7 +232,7 @@ class FeatureState:
         subject = self._account(facts.subject)
         first_seen = subject.first_seen if subject.first_seen is not None else at
         subject.first_seen = first_seen
-        before = (subject.n, subject.mean, subject.var, subject.night)
+        before = subject.stats
 
         payments = subject.payments
         del payments[:bisect.bisect_right(payments, at - DAY_MS, key=lambda p: p[0])]
@@ -206,12 +257,10 @@ class FeatureState:
         _trim(subject.payers, at - DAY_MS)
         fan_in = len(subject.payers)
         if outgoing:
-            subject.mean, subject.var, subject.night = ew_update(
-                *before, facts.log_amount, 1.0 if facts.at_night else 0.0
-            )
-            subject.n += 1
+            subject.stats = ew_update(before, facts.log_amount, facts.clock)
         raw = Raw(
-            history=before[0], mean=before[1], var=before[2], night=before[3], first_seen_ms=first_seen,
+            history=before.n, mean=before.mean, var=before.var, clock_sin=before.clock_sin,
+            clock_cos=before.clock_cos, off_rhythm=before.off_rhythm, first_seen_ms=first_seen,
             velocity_1m=v1m, velocity_1h=len(payments) - start_1h, velocity_24h=len(payments),
             amount_1h=amount_1h, counterparty_new=counterparty_new, fan_out_24h=fan_out, fan_in_24h=fan_in,
             dest_fan_in_24h=dest_fan_in,
@@ -232,7 +281,8 @@ _SCRIPT = """
 -- KEYS: 1 subject state, 2 subject payments, 3 subject payees, 4 subject payers,
 --       5 counterparty state, 6 counterparty payers, 7 this payment's result
 -- ARGV: 1 payment id, 2 at ms, 3 amount, 4 outgoing, 5 has counterparty, 6 subject id,
---       7 counterparty id, 8 log amount, 9 at night, 10 alpha, 11 state ttl, 12 result ttl
+--       7 counterparty id, 8 log amount, 9 clock sine, 10 alpha, 11 state ttl, 12 result ttl,
+--       13 clock cosine
 local done = redis.call('GET', KEYS[7])
 if done then return done end
 local at = tonumber(ARGV[2])
@@ -240,12 +290,14 @@ local day, hour, minute = 86400000, 3600000, 60000
 local state_ttl = tonumber(ARGV[11])
 local function fmt(v) return string.format('%.17g', v) end
 
-local st = redis.call('HMGET', KEYS[1], 'first_seen', 'n', 'mean', 'var', 'night')
+local st = redis.call('HMGET', KEYS[1], 'first_seen', 'n', 'mean', 'var', 'cs', 'cc', 'off')
 local first_seen = tonumber(st[1]) or at
 local n = tonumber(st[2]) or 0
 local mean = tonumber(st[3]) or 0
 local var = tonumber(st[4]) or 0
-local night = tonumber(st[5]) or 0
+local cs = tonumber(st[5]) or 0
+local cc = tonumber(st[6]) or 0
+local off = tonumber(st[7]) or 0
 redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[2])
 
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', at - day)
@@ -277,23 +329,28 @@ redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', at - day)
 local fan_in = redis.call('ZCARD', KEYS[4])
 
 if outgoing then
-  local x = tonumber(ARGV[8])
-  local new_mean, new_var, new_night
+  local x, s, c, a = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[13]), tonumber(ARGV[10])
+  local new_mean, new_var, new_cs, new_cc, new_off
   if n == 0 then
-    new_mean, new_var, new_night = x, 0, tonumber(ARGV[9])
+    new_mean, new_var, new_cs, new_cc, new_off = x, 0, s, c, 0
   else
     local d = x - mean
-    new_mean = mean + tonumber(ARGV[10]) * d
-    new_var = (1 - tonumber(ARGV[10])) * (var + tonumber(ARGV[10]) * d * d)
-    new_night = night + tonumber(ARGV[10]) * (tonumber(ARGV[9]) - night)
+    local flag = 0
+    if cs * s + cc * c < 0 then flag = 1 end
+    new_mean = mean + a * d
+    new_var = (1 - a) * (var + a * d * d)
+    new_cs = cs + a * (s - cs)
+    new_cc = cc + a * (c - cc)
+    new_off = off + a * (flag - off)
   end
-  redis.call('HSET', KEYS[1], 'n', n + 1, 'mean', fmt(new_mean), 'var', fmt(new_var), 'night', fmt(new_night))
+  redis.call('HSET', KEYS[1], 'n', n + 1, 'mean', fmt(new_mean), 'var', fmt(new_var), 'cs', fmt(new_cs),
+             'cc', fmt(new_cc), 'off', fmt(new_off))
 end
 redis.call('PEXPIRE', KEYS[1], state_ttl)
 redis.call('PEXPIRE', KEYS[2], day)
 
-local out = table.concat({n, fmt(mean), fmt(var), fmt(night), first_seen, v1m, #last_hour, v24h, amount_1h,
-                          cp_new, fan_out, fan_in, dest_fan_in}, ',')
+local out = table.concat({n, fmt(mean), fmt(var), fmt(cs), fmt(cc), fmt(off), first_seen, v1m, #last_hour, v24h,
+                          amount_1h, cp_new, fan_out, fan_in, dest_fan_in}, ',')
 redis.call('SET', KEYS[7], out, 'PX', ARGV[12])
 return out
 """
@@ -303,9 +360,10 @@ def _parse(reply: bytes | str) -> Raw:
     text = reply.decode() if isinstance(reply, bytes) else reply
     p = text.split(",")
     return Raw(
-        history=int(p[0]), mean=float(p[1]), var=float(p[2]), night=float(p[3]), first_seen_ms=int(p[4]),
-        velocity_1m=int(p[5]), velocity_1h=int(p[6]), velocity_24h=int(p[7]), amount_1h=int(p[8]),
-        counterparty_new=int(p[9]), fan_out_24h=int(p[10]), fan_in_24h=int(p[11]), dest_fan_in_24h=int(p[12]),
+        history=int(p[0]), mean=float(p[1]), var=float(p[2]), clock_sin=float(p[3]), clock_cos=float(p[4]),
+        off_rhythm=float(p[5]), first_seen_ms=int(p[6]), velocity_1m=int(p[7]), velocity_1h=int(p[8]),
+        velocity_24h=int(p[9]), amount_1h=int(p[10]), counterparty_new=int(p[11]), fan_out_24h=int(p[12]),
+        fan_in_24h=int(p[13]), dest_fan_in_24h=int(p[14]),
     )
 
 
@@ -317,7 +375,7 @@ class OnlineFeatures:
     (or a cluster-aware key layout, which it does not have yet).
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "fraud:features") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = PREFIX) -> None:
         self._client = client
         self._prefix = prefix
         self._script = client.register_script(_SCRIPT)
@@ -335,13 +393,14 @@ class OnlineFeatures:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for facts in batch:
+                    sine, cosine = facts.clock
                     await self._script(
                         keys=self._keys(facts),
                         args=[
                             facts.payment_id, facts.at_ms, facts.amount, int(not facts.is_deposit),
                             int(facts.counterparty is not None), facts.subject, facts.counterparty or "",
-                            repr(facts.log_amount), 1 if facts.at_night else 0, repr(ALPHA),
-                            STATE_TTL_MS, RESULT_TTL_MS,
+                            repr(facts.log_amount), repr(sine), repr(ALPHA), STATE_TTL_MS, RESULT_TTL_MS,
+                            repr(cosine),
                         ],
                         client=pipe,
                     )

@@ -15,6 +15,10 @@ beside live screening, or by two copies at once, adds each payment once. Payment
 while a replay runs may be added before older ones of the same account: their
 exponentially weighted statistics are then a little off until the account's next payments
 wash it out.
+
+The keys carry the state's layout version (`features.PREFIX`): code whose features keep
+other state finds no marker under its own prefix and rebuilds from the stored facts, and
+the old layout's keys expire on their own.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from paystream.fraud.features import NOVELTY_MS, OnlineFeatures
+from paystream.fraud.features import NOVELTY_MS, PREFIX, OnlineFeatures
 from paystream.fraud.store import FraudStore
 from paystream.platform.errors import TransientError
 from paystream.platform.observability import get_logger
@@ -39,7 +43,7 @@ class FeatureRebuilder:
     """Replays ``payment_facts`` into Redis when the feature state's marker is missing (module docstring)."""
 
     def __init__(self, pool: asyncpg.Pool, store: FraudStore, features: OnlineFeatures, client: redis.Redis, *,
-                 prefix: str = "fraud:features", interval: float = 5.0, page: int = 1000) -> None:
+                 prefix: str = PREFIX, interval: float = 5.0, page: int = 1000) -> None:
         self._pool = pool
         self._store = store
         self._features = features

@@ -4,9 +4,10 @@ No fraud dataset can be fetched here, so paystream makes its own. The generative
 (docs/fraud-model.md tells it at length):
 
 1. **Population.** ``users`` wallets, most opened in the first two days, a tenth later
-   (young honest accounts exist). Each user has a daily rhythm (a preferred hour, a few
-   night owls), a spending level, a handful of favourite merchants, one circle of friends
-   (P2P), a salary paid twice a month as a deposit, and two or three monthly bills.
+   (young honest accounts exist). Each user lives in a time zone (`UTC_OFFSETS`, spread
+   over the world) and has a daily rhythm in its local time (a preferred hour, a few night
+   owls), a spending level, a handful of favourite merchants, one circle of friends (P2P),
+   a salary paid twice a month as a deposit, and two or three monthly bills.
 2. **Honest days.** Each day a user pays merchants (Poisson, more at weekends), sends
    friends money now and then, gets paid on the 1st and 15th, pays bills on their days,
    and rarely makes a large one-off payment to someone new (a used car, a deposit on a
@@ -17,9 +18,15 @@ No fraud dataset can be fetched here, so paystream makes its own. The generative
    enough to trip the velocity rule), ``mule`` (victims pay one young account, which fans
    the money out to fresh accounts within hours), ``first_large_transfer`` (an established
    user sends many times their usual amount to a new counterparty) and ``impossible_hours``
-   (a daytime user suddenly pays new counterparties between 02:00 and 04:30).
+   (a daytime user suddenly pays new counterparties between 02:00 and 04:30 of *their*
+   local night, far from their own rhythm), and ``cash_out`` (a fresh wallet funded with
+   stolen money moves it on to fresh accounts seconds to minutes later, in a burst; its
+   top-up is labelled honest, since nothing tells it apart when it is made).
 4. **Money is real:** balances are tracked; an honest payment the payer cannot cover is
    not made, and drains take what is there.
+
+Every hour of the day is somebody's afternoon and somebody's night, so the absolute UTC
+hour says nothing about fraud here (it does not in the world either).
 
 The same seed, days and users give byte-identical files (`random.Random` only, no
 wall clock). Output: ``payments.csv`` (time-ordered) and ``meta.json``.
@@ -37,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: users in time zones, their days and the impossible hours in local time
 START = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp() * 1000)  # a Monday, 00:00 UTC
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -45,7 +52,10 @@ MINUTE_MS = 60_000
 CURRENCY = "USD"
 COLUMNS = ("payment_id", "at_ms", "kind", "source", "destination", "amount", "currency", "device",
            "label", "pattern")
-PATTERNS = ("account_takeover", "card_testing", "mule", "first_large_transfer", "impossible_hours")
+PATTERNS = ("account_takeover", "card_testing", "mule", "first_large_transfer", "impossible_hours", "cash_out")
+# Users' time zones (hours from UTC), drawn uniformly: the Americas, Europe and Africa, Asia, Oceania.
+UTC_OFFSETS: tuple[float, ...] = (-10.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0,
+                                  5.5, 7.0, 8.0, 9.0, 10.0, 12.0)
 
 # Merchant categories: median payment (cents) and the spread of its log.
 _CATEGORIES: dict[str, tuple[int, float]] = {
@@ -55,7 +65,7 @@ _CATEGORIES: dict[str, tuple[int, float]] = {
 # Attacks per user-day, by pattern.
 _RATES: dict[str, float] = {
     "account_takeover": 0.0015, "card_testing": 0.0008, "mule": 0.0006,
-    "first_large_transfer": 0.002, "impossible_hours": 0.001,
+    "first_large_transfer": 0.002, "impossible_hours": 0.001, "cash_out": 0.001,
 }
 
 
@@ -86,8 +96,14 @@ class _User:
     merchants: list[str]
     bills: list[tuple[int, str, int]]  # (day of month, biller, amount)
     device: str
+    utc_offset: float = 0.0  # hours; the user's local time is UTC plus this
     circle: list[str] = field(default_factory=list)
     typical: int = 2_000
+
+    def local_midnight(self, at_ms: int) -> int:
+        """The UTC instant of the local midnight that starts the user's day containing ``at_ms``."""
+        shift = int(self.utc_offset * HOUR_MS)
+        return at_ms - (at_ms + shift) % DAY_MS
 
 
 @dataclass(order=True, slots=True)
@@ -137,14 +153,16 @@ class Simulator:
         rng = self._rng
         categories = list(_CATEGORIES)
         count = max(20, self.n_users // 10)
-        self.merchants = [(f"acc_m{n:04d}", categories[n % len(categories)]) for n in range(count)]
+        local = max(10, self.n_users // 3)  # the long tail: corner shops with a handful of customers each
+        self.merchants = [(f"acc_m{n:04d}", categories[n % len(categories)]) for n in range(count + local)]
         self.billers = [f"acc_b{n:03d}" for n in range(8)]
         for n in range(self.n_users):
             late = rng.random() < 0.1
             opened = START + (rng.randrange(DAY_MS * max(1, self.days - 1)) if late else rng.randrange(2 * DAY_MS))
             owl = rng.random() < 0.05
             spend = math.exp(rng.gauss(0.0, 0.4))
-            favourites = rng.sample(self.merchants, k=rng.randint(5, 12))
+            favourites = [*rng.sample(self.merchants[:count], k=rng.randint(4, 10)),
+                          *rng.sample(self.merchants[count:], k=rng.randint(1, 2))]
             bills = [(rng.randint(1, 28), rng.choice(self.billers), int(rng.uniform(3_000, 20_000)))
                      for _ in range(rng.randint(1, 2))]
             bills.append((rng.randint(1, 5), rng.choice(self.billers), int(rng.uniform(60_000, 200_000))))  # rent
@@ -152,7 +170,7 @@ class Simulator:
                 account=f"acc_u{n:05d}", opened_ms=opened,
                 peak_hour=rng.uniform(20.0, 23.0) if owl else rng.uniform(11.0, 16.0), night_owl=owl,
                 spend=spend, income=int(rng.uniform(100_000, 400_000)), merchants=[m for m, _ in favourites],
-                bills=bills, device=f"dev_u{n:05d}",
+                bills=bills, device=f"dev_u{n:05d}", utc_offset=rng.choice(UTC_OFFSETS),
             )
             user.typical = int(4_000 * spend)
             self.users.append(user)
@@ -196,12 +214,22 @@ class Simulator:
         rng = self._rng
         opening = min(300_000, max(500, int(math.exp(rng.gauss(math.log(25_000), 1.2)))))  # 5.00 up to 3,000
         self._add(user.opened_ms, "deposit", None, user.account, opening, user.device)
+        if rng.random() < 0.4:  # opened the wallet to pay: a shop within minutes, then perhaps a friend
+            at = user.opened_ms + int(rng.uniform(0.5, 5.0) * MINUTE_MS)
+            merchant = rng.choice(user.merchants)
+            self._add(at, "transfer", user.account, merchant, self._merchant_amount(user, merchant), user.device)
+            if user.circle and rng.random() < 0.5:
+                self._add(at + int(rng.uniform(0.3, 3.0) * MINUTE_MS), "transfer", user.account,
+                          rng.choice(user.circle), max(100, int(2_500 * math.exp(rng.gauss(0.0, 0.8)))),
+                          user.device)
         for day in range(self.days):
-            midnight = START + day * DAY_MS
+            # Local day ``day`` (the calendar date of START + day, in the user's time zone).
+            midnight = START + day * DAY_MS - int(user.utc_offset * HOUR_MS)
             if midnight + DAY_MS <= user.opened_ms:
                 continue
-            weekend = datetime.fromtimestamp(midnight / 1000, UTC).weekday() >= 5
-            day_of_month = datetime.fromtimestamp(midnight / 1000, UTC).day
+            date = datetime.fromtimestamp((START + day * DAY_MS) / 1000, UTC)
+            weekend = date.weekday() >= 5
+            day_of_month = date.day
             events: list[tuple[int, str, str | None, str, int]] = []
             for _ in range(self._poisson(3.0 * user.spend * (1.3 if weekend else 1.0))):
                 merchant = rng.choice(user.merchants)
@@ -305,7 +333,7 @@ class Simulator:
         victim = self._victim(at, min_age_days=7.0)
         if victim is None:
             return
-        at = at - at % DAY_MS + self._hour_ms(victim)
+        at = victim.local_midnight(at) + self._hour_ms(victim)
         amount = int(max(victim.typical * self._rng.uniform(10.0, 40.0), 50_000))
         self._add(at, "transfer", victim.account, self._fresh_account("x"), amount, victim.device,
                   "first_large_transfer")
@@ -315,18 +343,35 @@ class Simulator:
         victim = self._victim(at)
         if victim is None:
             return
-        at = at - at % DAY_MS + int(rng.uniform(2.0, 4.5) * HOUR_MS)
+        at = victim.local_midnight(at) + int(rng.uniform(2.0, 4.5) * HOUR_MS)
         for _ in range(rng.randint(2, 4)):
             at += int(rng.uniform(1, 15) * MINUTE_MS)
             amount = int(victim.typical * rng.uniform(1.0, 4.0))
             self._add(at, "transfer", victim.account, self._fresh_account("x"), amount, victim.device,
                       "impossible_hours")
 
+    def _cash_out(self, at: int) -> None:
+        rng = self._rng
+        wallet = self._fresh_account("x")
+        device = wallet.replace("acc_", "dev_")
+        # The top-up of stolen money is written as honest: when it is made nothing tells it from a new
+        # user's first top-up (its chargeback comes weeks later), and a label no feature can see would
+        # only teach the model to review every new wallet's first deposit. The moving on is the fraud.
+        amount = min(150_000, max(5_000, int(math.exp(rng.gauss(math.log(40_000), 0.8)))))
+        self._add(at, "deposit", None, wallet, amount, device)
+        at += int(rng.expovariate(1 / 30_000)) + 1_000
+        sinks = [self._fresh_account("x") for _ in range(rng.randint(1, 2))]
+        count = rng.randint(1, 4)
+        for n in range(count):
+            share = 0.98 if n == count - 1 else rng.uniform(0.3, 0.6)
+            self._add(at, "transfer", wallet, rng.choice(sinks), 0, device, "cash_out", share)
+            at += int(rng.expovariate(1 / 10_000)) + 200
+
     def _plan_fraud(self) -> None:
         attacks = {
             "account_takeover": self._account_takeover, "card_testing": self._card_testing,
             "mule": self._mule, "first_large_transfer": self._first_large_transfer,
-            "impossible_hours": self._impossible_hours,
+            "impossible_hours": self._impossible_hours, "cash_out": self._cash_out,
         }
         user_days = self.n_users * self.days
         for pattern in PATTERNS:
