@@ -13,11 +13,16 @@ from typing import Any
 
 import msgspec
 
+from paystream.platform import tracing
 from paystream.platform.ids import new_id
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """One event: who/what/when plus its typed payload (as plain data)."""
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One event: who/what/when plus its typed payload (as plain data).
+
+    ``traceparent`` is the W3C trace context of the span that caused the event (None, and
+    left out of the JSON, when tracing is off): a consumer continues that trace.
+    """
 
     id: str
     type: str
@@ -27,6 +32,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: str | None
     partition_key: str
     payload: dict[str, Any]
+    traceparent: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -61,7 +67,8 @@ def make_envelope(
     causation_id: str | None = None,
     occurred_at: datetime | None = None,
 ) -> Envelope:
-    """Wrap a typed event (see `paystream.contracts.events`) in a new envelope."""
+    """Wrap a typed event (see `paystream.contracts.events`) in a new envelope; it carries the
+    trace of its cause's event span (or of the current span) when tracing is on."""
     event_type, version = type(event).__event_type__  # type: ignore[attr-defined]
     return Envelope(
         id=new_id("evt"),
@@ -72,4 +79,5 @@ def make_envelope(
         causation_id=causation_id,
         partition_key=partition_key,
         payload=msgspec.to_builtins(event),
+        traceparent=tracing.traceparent_for(causation_id),
     )
