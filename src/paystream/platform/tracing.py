@@ -75,14 +75,17 @@ def _tracer() -> trace.Tracer:
     return _state.tracer
 
 
-def configure_tracing(service: str, *, endpoint: str | None, instance: str | None = None) -> bool:
+def configure_tracing(
+    service: str, *, endpoint: str | None, instance: str | None = None, exporter: Any = None
+) -> bool:
     """Install the SDK and the instrumentations when ``endpoint`` is set; returns whether it did.
 
-    The exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables itself (endpoint,
+    The OTLP exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables itself (endpoint,
     headers, timeout), and the batch processor its ``OTEL_BSP_*`` ones (delay, queue size).
+    An ``exporter`` given (a test's in-memory one) takes every span at once instead.
     """
     global _state
-    if not endpoint or _state is not None:
+    if (not endpoint and exporter is None) or _state is not None:
         return _state is not None
     # Imported only here: a process without an endpoint never loads the SDK.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -90,7 +93,7 @@ def configure_tracing(service: str, *, endpoint: str | None, instance: str | Non
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased
 
     resource = Resource.create({
@@ -99,8 +102,14 @@ def configure_tracing(service: str, *, endpoint: str | None, instance: str | Non
         "service.instance.id": instance or service,
     })
     provider = TracerProvider(resource=resource, sampler=ParentBased(root=_root_sampler()))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    if exporter is None:
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    else:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # For libraries that ask the global provider; paystream's own spans and the
+        # instrumentations are given this one (the global can be set only once per process).
+        trace.set_tracer_provider(provider)
     AsyncPGInstrumentor().instrument(tracer_provider=provider)  # type: ignore[no-untyped-call]
     RedisInstrumentor().instrument(tracer_provider=provider)
     _state = _State(provider=provider, tracer=provider.get_tracer(TRACER_NAME))
