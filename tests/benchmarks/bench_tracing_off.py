@@ -17,7 +17,6 @@ ns/event, and the added call alone.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from datetime import UTC, datetime
 from typing import Any
