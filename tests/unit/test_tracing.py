@@ -202,3 +202,22 @@ def test_payment_id_of_reads_every_event_shape() -> None:
     assert payment_id_of(envelope({"payment_id": "pay_2", "tenant_id": "t"})) == "pay_2"
     assert payment_id_of(envelope({"tenant_id": "t", "data": {"id": "pay_3"}})) == "pay_3"
     assert payment_id_of(envelope({"n": 1})) is None
+
+
+def test_a_trace_not_sampled_where_it_starts_is_not_recorded_downstream_either() -> None:
+    exporter = InMemorySpanExporter()
+    assert tracing.configure_tracing("tests", endpoint=None, exporter=exporter, sample_ratio=0.0)
+    try:
+        with tracing._tracer().start_as_current_span("POST /v1/payments", kind=SpanKind.SERVER) as request:
+            envelope = make_envelope(PaymentInitiated(order=_order()), partition_key="acc_1", correlation_id="pay_1")
+        with tracing.consuming("fraud", [envelope], payment_id_of):
+            caused = make_envelope(FraudApproved(order=_order()), partition_key="acc_1", correlation_id="pay_1",
+                                   causation_id=envelope.id)
+    finally:
+        tracing.shutdown_tracing()
+    assert not request.is_recording()
+    assert envelope.traceparent is not None
+    assert int(envelope.traceparent.rsplit("-", 1)[1], 16) & 1 == 0  # carried, its sampled flag off
+    assert caused.traceparent is not None and caused.traceparent.split("-")[1] == envelope.traceparent.split("-")[1]
+    # Only the batch span, a root of its own, was up to the ratio too: nothing at all was kept.
+    assert exporter.get_finished_spans() == ()

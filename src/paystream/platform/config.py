@@ -138,6 +138,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
     )
     otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    # The share of traces kept, decided where a trace starts (the gateway's requests, mostly)
+    # and followed downstream, so a payment's trace is kept or dropped whole.
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     @property
     def tracing_endpoint(self) -> str | None:

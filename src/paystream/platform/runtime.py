@@ -318,7 +318,8 @@ def run_service(module: ModuleType) -> None:
 
     settings = load_settings()
     process = module.NAME if settings.copy_index == 1 else f"{module.NAME}-{settings.copy_index}"
-    tracing.configure_tracing(module.NAME, endpoint=settings.tracing_endpoint, instance=process)
+    tracing.configure_tracing(module.NAME, endpoint=settings.tracing_endpoint, instance=process,
+                              sample_ratio=settings.trace_sample_ratio)
     configure_logging(
         module.NAME, settings.log_level, log_file=settings.log_file, max_bytes=settings.log_max_bytes,
         backups=settings.log_backups, trace_ids=tracing.enabled(),

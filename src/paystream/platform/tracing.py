@@ -76,13 +76,17 @@ def _tracer() -> trace.Tracer:
 
 
 def configure_tracing(
-    service: str, *, endpoint: str | None, instance: str | None = None, exporter: Any = None
+    service: str, *, endpoint: str | None, instance: str | None = None, exporter: Any = None,
+    sample_ratio: float = 1.0,
 ) -> bool:
     """Install the SDK and the instrumentations when ``endpoint`` is set; returns whether it did.
 
     The OTLP exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables itself (endpoint,
     headers, timeout), and the batch processor its ``OTEL_BSP_*`` ones (delay, queue size).
     An ``exporter`` given (a test's in-memory one) takes every span at once instead.
+    ``sample_ratio`` of the traces that start here are kept (by trace id); a span whose parent
+    came with a trace context follows the parent's decision, so a payment's trace is kept
+    or dropped whole.
     """
     global _state
     if (not endpoint and exporter is None) or _state is not None:
@@ -101,7 +105,7 @@ def configure_tracing(
         "service.namespace": "paystream",
         "service.instance.id": instance or service,
     })
-    provider = TracerProvider(resource=resource, sampler=ParentBased(root=_root_sampler()))
+    provider = TracerProvider(resource=resource, sampler=ParentBased(root=_root_sampler(sample_ratio)))
     if exporter is None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     else:
@@ -116,11 +120,13 @@ def configure_tracing(
     return True
 
 
-def _root_sampler() -> Any:
-    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+def _root_sampler(ratio: float = 1.0) -> Any:
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
+
+    by_ratio = TraceIdRatioBased(ratio)
 
     class NoOrphanClientSpans(Sampler):
-        """Samples every root span except a CLIENT call made outside any span."""
+        """Samples ``ratio`` of root spans, never a CLIENT call made outside any span."""
 
         def should_sample(
             self, parent_context: Any, trace_id: int, name: str, kind: SpanKind | None = None,
@@ -128,10 +134,10 @@ def _root_sampler() -> Any:
         ) -> SamplingResult:
             if kind is SpanKind.CLIENT:
                 return SamplingResult(Decision.DROP)
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+            return by_ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
         def get_description(self) -> str:
-            return "NoOrphanClientSpans"
+            return f"NoOrphanClientSpans{{{ratio}}}"
 
     return NoOrphanClientSpans()
 
