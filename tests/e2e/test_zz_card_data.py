@@ -95,8 +95,10 @@ async def test_no_full_card_number_is_kept_outside_the_vault(stack: UpProcess, c
         if pans := _pans(blob):
             found[name] = pans
     for path in sorted(Path(stack.home).rglob("*")):
-        # JetStream keeps the messages in .blk files (meta.inf is the stream's configuration).
-        if path.is_file() and path.suffix in (".blk", ".log", ".out"):
+        # JetStream keeps the messages in .blk files (meta.inf is the stream's configuration);
+        # a service's rotated logs are <name>.log.1, .2 …
+        rotated_log = path.suffix[1:].isdigit() and path.stem.endswith(".log")
+        if path.is_file() and (path.suffix in (".blk", ".log", ".out") or rotated_log):
             if pans := _pans(path.read_bytes()):
                 found[str(path.relative_to(stack.home))] = pans
     assert found == {}

@@ -8,6 +8,7 @@ partition and keep their order.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,8 +17,12 @@ import msgspec
 from paystream.contracts.ids import new_id
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
-    """One event: who/what/when plus its typed payload (as plain data)."""
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One event: who/what/when plus its typed payload (as plain data).
+
+    ``traceparent`` is the W3C trace context of the span that caused the event (None, and
+    left out of the JSON, when tracing is off): a consumer continues that trace.
+    """
 
     id: str
     type: str
@@ -27,7 +32,16 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: str | None
     partition_key: str
     payload: dict[str, Any]
+    traceparent: str | None = None
 
+
+def _no_trace(causation_id: str | None) -> str | None:
+    return None
+
+
+# Where a new envelope's ``traceparent`` comes from: nothing until `paystream.platform.tracing`
+# is imported, which puts its own here (contracts import nothing of platform's).
+trace_source: Callable[[str | None], str | None] = _no_trace
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Envelope)
@@ -61,7 +75,8 @@ def make_envelope(
     causation_id: str | None = None,
     occurred_at: datetime | None = None,
 ) -> Envelope:
-    """Wrap a typed event (see `paystream.contracts.events`) in a new envelope."""
+    """Wrap a typed event (see `paystream.contracts.events`) in a new envelope; it carries the
+    trace of its cause's event span (or of the current span) when tracing is on."""
     event_type, version = type(event).__event_type__  # type: ignore[attr-defined]
     return Envelope(
         id=new_id("evt"),
@@ -72,4 +87,5 @@ def make_envelope(
         causation_id=causation_id,
         partition_key=partition_key,
         payload=msgspec.to_builtins(event),
+        traceparent=trace_source(causation_id),
     )

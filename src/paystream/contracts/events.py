@@ -148,3 +148,15 @@ def payload_of(envelope: Envelope, cls: type[E]) -> E:
             f"expected {expected_type} v{expected_version}, got {envelope.type} v{envelope.version}"
         )
     return msgspec.convert(envelope.payload, cls)
+
+
+def payment_id_of(envelope: Envelope) -> str | None:
+    """The payment an event is about, whatever its type (None for one about none)."""
+    payload = envelope.payload
+    order = payload.get("order")
+    if isinstance(order, dict):
+        return order.get("payment_id")
+    if "payment_id" in payload:
+        return payload["payment_id"]  # type: ignore[no-any-return]
+    data = payload.get("data")
+    return data.get("id") if isinstance(data, dict) else None

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter
 
 from paystream.contracts.envelope import Envelope
@@ -24,6 +25,7 @@ from paystream.contracts.events import WEBHOOK_EVENT_TYPES
 from paystream.notifications import ssrf
 from paystream.notifications.domain import SIGNATURE_HEADER, delivered, retry_delay, sign, wants
 from paystream.notifications.store import NotificationsStore
+from paystream.platform import tracing
 from paystream.platform.config import Settings
 from paystream.platform.db import Listener
 from paystream.platform.observability import Metrics, get_logger, log_on_commit
@@ -45,6 +47,15 @@ def webhook_body(envelope: Envelope) -> bytes:
     )
 
 
+def _payment_id(body: bytes) -> str | None:
+    """The payment a webhook body is about (its ``data.id``), for the send's span."""
+    try:
+        data = orjson.loads(body).get("data")
+    except orjson.JSONDecodeError:
+        return None
+    return data.get("id") if isinstance(data, dict) else None
+
+
 class NotificationHandlers:
     def __init__(self, store: NotificationsStore) -> None:
         self._store = store
@@ -59,10 +70,12 @@ class NotificationHandlers:
             tenant = envelope.payload["tenant_id"]
             body = None
             queued = 0
+            # The event span's trace (None when tracing is off): the send continues it.
+            traceparent = tracing.traceparent_for(envelope.id)
             for endpoint in endpoints:
                 if endpoint["tenant_id"] == tenant and wants(endpoint["events"], envelope.type):
                     body = body or webhook_body(envelope)
-                    rows.append((envelope.id, endpoint["id"], tenant, envelope.type, body))
+                    rows.append((envelope.id, endpoint["id"], tenant, envelope.type, body, traceparent))
                     queued += 1
             log_on_commit(
                 log, "webhooks_queued", event_id=envelope.id, event_type=envelope.type,
@@ -126,14 +139,10 @@ class DeliveryWorker:
                 "paystream-event-id": row["event_id"],
             }
             async with self._slots:
-                try:
-                    async with self._session().post(
-                        row["url"], data=body, headers=headers, allow_redirects=False
-                    ) as response:
-                        status_code = response.status
-                        await response.read()
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    error = repr(exc)[:500]
+                if tracing.enabled():
+                    status_code, error = await self._traced_post(row, body, headers, attempts)
+                else:
+                    status_code, error = await self._post(row["url"], body, headers)
         now = datetime.now(UTC)
         if status_code is not None and delivered(status_code):
             self.sent.labels("delivered").inc()
@@ -153,6 +162,37 @@ class DeliveryWorker:
         return {"id": row["id"], "status": "pending", "attempts": attempts,
                 "next_at": now + timedelta(seconds=delay), "last_status": status_code,
                 "last_error": error}
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+        """One POST: the receiver's status, or the error that stopped it."""
+        try:
+            async with self._session().post(url, data=body, headers=headers, allow_redirects=False) as response:
+                await response.read()
+                return response.status, None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return None, repr(exc)[:500]
+
+    async def _traced_post(
+        self, row: asyncpg.Record, body: bytes, headers: dict[str, str], attempt: int
+    ) -> tuple[int | None, str | None]:
+        """`_post` in a CLIENT span continuing the delivery's trace. The receiver is not sent our
+        traceparent: it is outside paystream, and trace ids are ours."""
+        attributes = {
+            "http.request.method": "POST", "url.full": row["url"], "paystream.event_id": row["event_id"],
+            "paystream.event_type": row["event_type"], "paystream.endpoint_id": row["endpoint_id"],
+            "paystream.webhook.attempt": attempt,
+        }
+        payment_id = _payment_id(body)
+        if payment_id:
+            attributes[tracing.PAYMENT_ID] = payment_id
+        with tracing.continued(row["traceparent"], "webhook send", kind=SpanKind.CLIENT,
+                               attributes=attributes) as span:
+            status_code, error = await self._post(row["url"], body, headers)
+            if status_code is not None:
+                span.set_attribute("http.response.status_code", status_code)
+            if status_code is None or not delivered(status_code):
+                span.set_status(Status(StatusCode.ERROR, error or f"answered {status_code}"))
+            return status_code, error
 
     async def deliver_once(self, limit: int = 200) -> int:
         """Lease and attempt one batch of due deliveries; returns how many were attempted."""

@@ -70,16 +70,18 @@ class NotificationsStore:
             list(set(tenant_ids)),
         )
 
-    async def enqueue(self, conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, bytes]]) -> None:
-        """(event id, endpoint id, tenant id, event type, body) rows; duplicates are ignored."""
+    async def enqueue(
+        self, conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, bytes, str | None]]
+    ) -> None:
+        """(event id, endpoint id, tenant id, event type, body, traceparent) rows; duplicates are ignored."""
         if not rows:
             return
         await conn.execute(
-            "INSERT INTO deliveries (event_id, endpoint_id, tenant_id, event_type, body) "
-            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[]) "
+            "INSERT INTO deliveries (event_id, endpoint_id, tenant_id, event_type, body, traceparent) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[]) "
             "ON CONFLICT (endpoint_id, event_id) DO NOTHING",
             [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-            [r[4] for r in rows],
+            [r[4] for r in rows], [r[5] for r in rows],
         )
 
     async def claim_due(self, conn: asyncpg.Connection, *, limit: int, lease_seconds: float) -> list[asyncpg.Record]:
@@ -89,7 +91,8 @@ class NotificationsStore:
             "AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
             "UPDATE deliveries d SET next_attempt_at = now() + make_interval(secs => $2) "
             "FROM due, endpoints e WHERE d.id = due.id AND e.id = d.endpoint_id "
-            "RETURNING d.id, d.event_id, d.event_type, d.body, d.attempts, e.url, e.secret, e.enabled",
+            "RETURNING d.id, d.event_id, d.event_type, d.body, d.attempts, d.traceparent, e.id AS endpoint_id, "
+            "e.url, e.secret, e.enabled",
             limit, lease_seconds,
         )
 

@@ -19,6 +19,7 @@ from paystream.contracts.events import (
 from paystream.contracts.ids import new_id
 from paystream.payments.domain import DEADLINE_REASON, Signal, Transition, next_state
 from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow, payment_view
+from paystream.platform import tracing
 from paystream.platform.errors import PoisonMessage
 from paystream.platform.observability import bound, get_logger, log_on_commit
 from paystream.platform.outbox import Outbox
@@ -41,6 +42,7 @@ class PaymentHandlers:
         """
         async with conn.transaction():
             row, created = await self._store.insert_payment(conn, values)
+            tracing.annotate(payment_id=row["id"])  # on the request's span, when tracing is on
             payment = payment_view(row)
             if not created:
                 return payment, False

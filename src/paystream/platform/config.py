@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -127,8 +127,30 @@ class Settings(BaseSettings):
         "auth": "60/60s", "money": "2000/1s", "write": "500/1s", "read": "2000/1s",
     })
 
-    # Logging.
+    # Logging: JSON lines on stdout, or in ``log_file`` when set (`paystream up` sets it to
+    # ``<home>/logs/<process>.log``), which is rotated once it passes ``log_max_bytes``:
+    # ``<name>.log.1`` … ``<name>.log.<log_backups>`` keep the older lines.
     log_level: str = "info"
+    log_file: Path | None = None
+    log_max_bytes: int = Field(default=50 * 1024 * 1024, ge=4096)
+    log_backups: int = Field(default=5, ge=1)
+
+    # Traces (platform/tracing.py): exported over OTLP/HTTP when an endpoint is set, by the
+    # standard OpenTelemetry variables (not PAYSTREAM_ ones); off, nothing is traced. The
+    # exporter and batch processor read the other OTEL_* variables themselves.
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    # The share of traces kept, decided where a trace starts (the gateway's requests, mostly)
+    # and followed downstream, so a payment's trace is kept or dropped whole.
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @property
+    def tracing_endpoint(self) -> str | None:
+        """Where spans go; None when tracing is off."""
+        return None if self.otel_sdk_disabled else self.otlp_endpoint
 
     # Fault injection for tests: publish every outbox event twice under distinct
     # broker de-duplication ids, so every consumer sees every event twice.

@@ -30,7 +30,9 @@ import asyncpg
 import msgspec
 
 from paystream.contracts.envelope import Envelope, decode
+from paystream.contracts.events import payment_id_of
 from paystream.contracts.topology import ConsumerSpec, partition_consumer
+from paystream.platform import tracing
 from paystream.platform.bus import Bus, Delivery, Subscription
 from paystream.platform.db import is_transient
 from paystream.platform.errors import PoisonMessage
@@ -180,6 +182,13 @@ class EventConsumer:
                 await self._dead_letter(delivery, None, PoisonMessage(f"undecodable: {exc}"))
         if not items:
             return
+        if tracing.enabled():
+            with tracing.consuming(self.name, [envelope for _, envelope in items], payment_id_of):
+                await self._apply_and_settle(items, started)
+        else:
+            await self._apply_and_settle(items, started)
+
+    async def _apply_and_settle(self, items: list[tuple[Delivery, Envelope]], started: float) -> None:
         try:
             await self._apply_in_place([envelope for _, envelope in items])
         except LeaseLost as exc:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from paystream.platform import tracing
 from paystream.platform.errors import TransientError
 from paystream.platform.http import (
     H_CLIENT,
@@ -73,6 +74,8 @@ class InternalClient:
                 ),
                 auto_decompress=False,
                 raise_for_status=False,
+                # With tracing on: a client span per call, and its traceparent sent along.
+                trace_configs=tracing.client_trace_configs() or None,
             )
         return self._session
 

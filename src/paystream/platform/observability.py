@@ -1,7 +1,9 @@
 """JSON logs with context (payment id, correlation id) and Prometheus metrics.
 
 Call `configure_logging` once per process; bind context with `bound` (it lives in
-contextvars, so it follows the asyncio task). A line that reports what a transaction did
+contextvars, so it follows the asyncio task). Given a ``log_file``, the process writes its
+lines there itself and rotates the file by size (`SizeRotatedLog`); with tracing on, a
+line inside a span carries ``trace_id`` and ``span_id``. A line that reports what a transaction did
 (``ledger_posted``) goes through `log_on_commit`, so it is written only if that
 transaction commits: a batch that rolls back and is retried does not leave a line for
 each attempt. Metrics live in a `Metrics` object built per process, never at import time.
@@ -10,10 +12,13 @@ each attempt. Metrics live in a `Metrics` object built per process, never at imp
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import IO, Any, TextIO, cast
 
 import orjson
@@ -32,8 +37,73 @@ def _orjson_dumps(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def configure_logging(service: str, level: str = "info", stream: IO[str] | None = None) -> None:
-    """JSON lines on ``stream`` (stdout), for structlog and the standard library's loggers alike."""
+class SizeRotatedLog:
+    """The process's stdout and stderr, pointed at ``path``, which rotates once it passes
+    ``max_bytes``: ``path.1`` … ``path.<backups>`` keep the older lines, as the standard
+    library's `logging.handlers.RotatingFileHandler` names them.
+
+    File descriptors 1 and 2 themselves follow the current file (``dup2`` at every rotation),
+    so whatever bypasses logging (a traceback on a crash, a C library's message) lands in it
+    too, and the supervisor that started the process never has to reopen anything. The size
+    is checked when a line is flushed: structlog flushes every line, logging every record.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+        self._out = sys.stdout
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._size = self._point_at(path)
+
+    def _point_at(self, path: Path) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    def write(self, text: str) -> int:
+        self._size += len(text)  # characters: orjson writes ASCII for nearly every line
+        return self._out.write(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+        if self._size >= self.max_bytes:
+            with self._lock:
+                if self._size >= self.max_bytes:
+                    self.rotate()
+
+    def rotate(self) -> None:
+        """``path`` → ``path.1`` → … → ``path.<backups>`` (the oldest dropped), a new ``path``."""
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.path.exists():
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._size = self._point_at(self.path)
+
+
+def configure_logging(
+    service: str,
+    level: str = "info",
+    stream: IO[str] | None = None,
+    *,
+    log_file: Path | None = None,
+    max_bytes: int = 50 * 1024 * 1024,
+    backups: int = 5,
+    trace_ids: bool = False,
+) -> None:
+    """JSON lines on ``stream`` (stdout), or in ``log_file`` rotated by size, for structlog
+    and the standard library's loggers alike; ``trace_ids`` adds the span's ids to each line."""
+    if log_file is not None:
+        stream = cast(IO[str], SizeRotatedLog(log_file, max_bytes=max_bytes, backups=backups))
     stream = stream or sys.stdout
     numeric = _LEVELS.get(level.lower(), 20)
     shared: list[Any] = [
@@ -42,6 +112,10 @@ def configure_logging(service: str, level: str = "info", stream: IO[str] | None 
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
         structlog.processors.format_exc_info,
     ]
+    if trace_ids:
+        from paystream.platform.tracing import add_trace_ids
+
+        shared.insert(1, add_trace_ids)
     structlog.configure(
         processors=[
             *shared,

@@ -10,6 +10,10 @@ under a transaction-scoped advisory lock named after the outbox, and a copy that
 get it skips the round. Two relays side by side could otherwise publish a later batch
 before an earlier one, and one account's events would reach the bus out of order. The
 relay is not the bottleneck (a round moves up to ``batch_size`` rows in one publish).
+
+An envelope carries its trace's ``traceparent`` inside the row's body, so the trace is
+committed with the state change; with tracing on, the relay adds a PRODUCER span per event
+under it (`paystream.platform.tracing.publishing`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from paystream.contracts.envelope import Envelope, encode, subject_for
+from paystream.platform import tracing
 from paystream.platform.bus import Bus, OutgoingMessage
 from paystream.platform.db import Listener, is_transient
 from paystream.platform.errors import TransientError
@@ -107,7 +112,11 @@ class OutboxRelay:
                     messages.append(
                         OutgoingMessage(row["subject"], bytes(row["body"]), row["event_id"] + "-dup")
                     )
-            await self._bus.publish(messages)
+            if tracing.enabled():
+                with tracing.publishing([(r["subject"], r["event_id"], bytes(r["body"])) for r in rows]):
+                    await self._bus.publish(messages)
+            else:
+                await self._bus.publish(messages)
             await conn.execute(
                 "DELETE FROM outbox WHERE seq = ANY($1::bigint[])", [row["seq"] for row in rows]
             )

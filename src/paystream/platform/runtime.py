@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from paystream.contracts.topology import consumers_of
+from paystream.platform import tracing
 from paystream.platform.config import Settings, load_settings
 from paystream.platform.consumer import Handler, PartitionedConsumer
 from paystream.platform.db import create_pool, ping
@@ -249,6 +250,7 @@ def create_app(ctx: ServiceContext, parts: ServiceParts) -> FastAPI:
     if parts.install:
         parts.install(app)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    tracing.instrument_app(app)
     return app
 
 
@@ -315,5 +317,14 @@ def run_service(module: ModuleType) -> None:
     import uvloop
 
     settings = load_settings()
-    configure_logging(module.NAME, settings.log_level)
-    uvloop.run(_serve(module, settings))
+    process = module.NAME if settings.copy_index == 1 else f"{module.NAME}-{settings.copy_index}"
+    tracing.configure_tracing(module.NAME, endpoint=settings.tracing_endpoint, instance=process,
+                              sample_ratio=settings.trace_sample_ratio)
+    configure_logging(
+        module.NAME, settings.log_level, log_file=settings.log_file, max_bytes=settings.log_max_bytes,
+        backups=settings.log_backups, trace_ids=tracing.enabled(),
+    )
+    try:
+        uvloop.run(_serve(module, settings))
+    finally:
+        tracing.shutdown_tracing()

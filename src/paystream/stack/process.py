@@ -82,8 +82,11 @@ class ManagedProcess:
         if self.spec.prepare:
             await asyncio.to_thread(self.spec.prepare)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if self._log is None:
-            self._log = open(self.log_path, "ab", buffering=0)
+        # Opened anew for every start: a service rotates its own log by size, and what a new
+        # start prints before it has set up logging must land in the current file.
+        if self._log is not None:
+            self._log.close()
+        self._log = open(self.log_path, "ab", buffering=0)
         kwargs: dict[str, Any] = {}
         if self.spec.user:
             kwargs["user"] = self.spec.user

@@ -191,6 +191,8 @@ def _service_spec(
         "PAYSTREAM_SERVICE_URLS": json.dumps(service_urls),
         "PAYSTREAM_COPY_INDEX": str(copy.index),
         "PAYSTREAM_COPIES": str(copy.copies),
+        # The service writes (and rotates by size) the log the supervisor names for it.
+        "PAYSTREAM_LOG_FILE": str(home / "logs" / f"{copy.process}.log"),
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("PAYSTREAM_OWN_PORT", None)
