@@ -98,7 +98,13 @@ def test_probes_ask_healthz_and_readyz_on_the_port_the_service_listens_on(render
         assert port["http"] == listens
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        # The gateway's readiness (and metrics) answer only on its operations port.
+        ready_on = "ops" if component(deployment) == "gateway" else "http"
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": ready_on}
+        if ready_on == "ops":
+            assert port["ops"] == int(_env(container)["PAYSTREAM_OPERATIONS_PORT"]["value"]) != listens
+            annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/port"] == str(port["ops"])
         assert container["resources"]["requests"] and container["resources"]["limits"]
         assert container["args"] == ["serve", component(deployment)]
         assert container["securityContext"]["runAsNonRoot"] is True
@@ -153,6 +159,8 @@ def test_the_gateway_scales_by_hpa_and_alone_takes_traffic_from_anywhere(rendere
             continue
         open_rules = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
         assert bool(open_rules) == (component(policy) == "gateway"), component(policy)
+        # What is open to anyone is the API port alone, never the operations port.
+        assert all(rule["ports"] == [{"port": "http", "protocol": "TCP"}] for rule in open_rules)
 
 
 def test_the_migration_job_is_a_hook_before_every_upgrade(rendered: list[Rendered]) -> None:

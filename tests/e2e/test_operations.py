@@ -33,6 +33,30 @@ async def test_every_service_is_healthy_ready_and_exports_metrics(stack: UpProce
     assert "paystream_" in metrics.text
 
 
+async def test_the_gateways_public_port_serves_no_readiness_or_metrics_and_its_operations_port_no_api(
+    stack: UpProcess,
+) -> None:
+    assert stack.info is not None
+    public, operations = stack.info.gateway_url, stack.info.operations_urls["gateway"]
+    assert public != operations
+    async with httpx.AsyncClient(timeout=5) as http:
+        answers = {
+            (where, path): await http.get(f"{base}{path}")
+            for where, base in (("public", public), ("operations", operations))
+            for path in ("/healthz", "/readyz", "/metrics", "/.well-known/jwks.json")
+        }
+    served = {key: response.status_code for key, response in answers.items()}
+    assert served == {
+        ("public", "/healthz"): 200, ("public", "/readyz"): 404, ("public", "/metrics"): 404,
+        ("public", "/.well-known/jwks.json"): 200,
+        ("operations", "/healthz"): 200, ("operations", "/readyz"): 200, ("operations", "/metrics"): 200,
+        ("operations", "/.well-known/jwks.json"): 404,
+    }
+    refused = answers[("public", "/metrics")]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "paystream_" not in refused.text
+
+
 def _log_lines(stack: UpProcess, service: str) -> list[dict[str, Any]]:
     lines = []
     for raw in (stack.home / "logs" / f"{service}.log").read_bytes().splitlines():

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # With several copies of a service, they share ``http_port`` (SO_REUSEPORT: the kernel
     # spreads connections) and each also answers alone on ``own_port`` (readiness, metrics).
     own_port: int | None = None
+    # The operations listener: when set, ``/readyz`` and ``/metrics`` answer only on this port,
+    # which serves nothing else (``/healthz`` answers on both). The gateway gets one, so its
+    # public port carries no operations data (`paystream up` sets it; the Helm chart too).
+    operations_port: int | None = None
     # `paystream migrate`, a deployment's migration step (`paystream up` does the same itself):
     # a role that may create roles and schemas (the cluster's superuser), and the password each
     # service's role gets, by service name (JSON: {"gateway": "...", ...}).

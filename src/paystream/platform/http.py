@@ -182,6 +182,31 @@ def install_operations_routes(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class OperationsListener:
+    """Pure ASGI middleware that keeps operations data off the service's own port: with an
+    operations port, ``/readyz`` and ``/metrics`` answer only there, and that port answers
+    nothing but ``/healthz``, ``/readyz`` and ``/metrics`` (anything else: 404 problem)."""
+
+    def __init__(self, app: ASGIApp, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server")
+            on_operations = server is not None and server[1] == self.port
+            path = scope["path"]
+            if on_operations != (path in OPERATIONS_PATHS) and path != "/healthz":
+                where = "the operations port" if not on_operations else "the service's own port"
+                response = problem(404, "not_found", "Not found", f"{path} is served on {where}")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware: request counts and latency by route template, log context."""
 

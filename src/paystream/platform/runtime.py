@@ -32,6 +32,7 @@ from paystream.platform.errors import TransientError
 from paystream.platform.http import (
     InternalAuth,
     MetricsMiddleware,
+    OperationsListener,
     ReadinessCheck,
     install_error_handlers,
     install_operations_routes,
@@ -250,6 +251,8 @@ def create_app(ctx: ServiceContext, parts: ServiceParts) -> FastAPI:
     if parts.install:
         parts.install(app)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    if ctx.settings.operations_port is not None:
+        app.add_middleware(OperationsListener, port=ctx.settings.operations_port)
     tracing.instrument_app(app)
     return app
 
@@ -295,7 +298,7 @@ async def _serve(module: ModuleType, settings: Settings) -> None:
 
 def _listeners(settings: Settings) -> list[socket.socket] | None:
     """The sockets to serve on when copies share the service's port; None: uvicorn binds."""
-    if settings.copies <= 1 and settings.own_port is None:
+    if settings.copies <= 1 and settings.own_port is None and settings.operations_port is None:
         return None
     shared = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -307,6 +310,11 @@ def _listeners(settings: Settings) -> list[socket.socket] | None:
         own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         own.bind((settings.http_host, settings.own_port))
         listeners.append(own)
+    if settings.operations_port is not None:
+        operations = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        operations.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        operations.bind((settings.http_host, settings.operations_port))
+        listeners.append(operations)
     for sock in listeners:
         sock.set_inheritable(True)
     return listeners

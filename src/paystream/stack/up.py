@@ -162,13 +162,20 @@ async def ensure_admin_client(conn: asyncpg.Connection, path: Path) -> str:
 @dataclass(frozen=True, slots=True)
 class Copy:
     """One process of a service: ``index`` of ``copies``; ``own_port`` is where it alone answers
-    (its readiness and metrics) when copies share the service's port."""
+    (its readiness and metrics) when copies share the service's port. The gateway's copies have
+    an ``operations_port`` instead: its public port carries no readiness or metrics."""
 
     service: str
     process: str
     index: int
     copies: int
     own_port: int | None
+    operations_port: int | None = None
+
+    @property
+    def answers_alone(self) -> int | None:
+        """Where this process alone answers /readyz and /metrics (None: the service's port)."""
+        return self.operations_port or self.own_port
 
 
 def _service_spec(
@@ -196,15 +203,18 @@ def _service_spec(
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("PAYSTREAM_OWN_PORT", None)
+    env.pop("PAYSTREAM_OPERATIONS_PORT", None)
     if copy.own_port is not None:
         env["PAYSTREAM_OWN_PORT"] = str(copy.own_port)
+    if copy.operations_port is not None:
+        env["PAYSTREAM_OPERATIONS_PORT"] = str(copy.operations_port)
     if keyring is not None:
         env["PAYSTREAM_KEYRING_FILE"] = str(keyring)
     if tls is not None:
         env["PAYSTREAM_TLS_CERTFILE"] = str(tls.server_cert)
         env["PAYSTREAM_TLS_KEYFILE"] = str(tls.server_key)
     scheme = "https" if tls is not None else "http"
-    ready_port = copy.own_port or port
+    ready_port = copy.answers_alone or port
 
     async def ready() -> bool:
         import httpx
@@ -335,12 +345,14 @@ class Stack:
             "nats_url": nats.url,
             "nats_urls": [node.url for node in nodes],
             "redis_url": redis.url,
-            "operations_urls": urls,
+            # Where each service answers /healthz, /readyz and /metrics: the gateway's first
+            # copy's operations port, the service's own port elsewhere.
+            "operations_urls": {**urls, "gateway": self._alone_url(urls, self.copies["gateway"][0], ports)},
             # Each process of a service, and where it alone answers (copies share `urls`).
             "copies": {
                 name: [
                     {"process": c.process, "pid": self.supervisor.processes[c.process].pid,
-                     "url": f"{urls[name].rsplit(':', 1)[0]}:{c.own_port or ports[name]}"}
+                     "url": self._alone_url(urls, c, ports)}
                     for c in copies
                 ]
                 for name, copies in self.copies.items()
@@ -360,12 +372,23 @@ class Stack:
             self.say(f"TLS 1.2+ from a local CA; trust it with `curl --cacert {tls.ca_cert}`, "
                      f"SSL_CERT_FILE={tls.ca_cert} for Python, or your OS trust store")
 
+    @staticmethod
+    def _alone_url(urls: dict[str, str], copy: Copy, ports: dict[str, int]) -> str:
+        return f"{urls[copy.service].rsplit(':', 1)[0]}:{copy.answers_alone or ports[copy.service]}"
+
     def _copies(self, ports: dict[str, int]) -> dict[str, list[Copy]]:
         """The processes of each service; copies of one share its port and get one each of their own."""
         taken = set(ports.values())
         out: dict[str, list[Copy]] = {}
         for name in SERVICES:
             n = self.options.scale.get(name, 1)
+            if name == "gateway":  # public: readiness and metrics on a port of their own
+                out[name] = [
+                    Copy(name, process, k, n, None,
+                         operations_port=choose_port(f"{process} operations", None, explicit=False, taken=taken))
+                    for k, process in enumerate(copy_names(name, n), start=1)
+                ]
+                continue
             out[name] = [
                 Copy(name, process, k, n, choose_port(process, None, explicit=False, taken=taken) if n > 1 else None)
                 for k, process in enumerate(copy_names(name, n), start=1)
