@@ -33,6 +33,8 @@ from paystream.platform.crypto import FileKeyring
 from paystream.platform.migrations import SERVICES, migrate, role_name
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import configure_logging
+from paystream.stack.backup import backup_place, run_schedule
+from paystream.stack.pitr import parse_every
 from paystream.stack.place import PlaceError, purge
 from paystream.stack.ports import choose_port
 from paystream.stack.process import ProcessSpec, StartFailed, Supervisor
@@ -258,7 +260,9 @@ class Stack:
         (self.home / "up.pid").write_text(str(os.getpid()))
         secrets_ = load_secrets(self.home)
         ports = self._ports()
-        pg = Postgres(self.home, ports["postgres"], secrets_["postgres_password"])
+        backups = backup_place(self.home)
+        pg = Postgres(self.home, ports["postgres"], secrets_["postgres_password"],
+                      settings=backups.archive_settings())
         _check_nats_mode(self.home, self.options.nats_nodes)
         if self.options.nats_nodes > 1:
             taken = set(ports.values())
@@ -275,6 +279,7 @@ class Stack:
         replicas = min(3, len(nodes))
         redis = Redis(self.home / "redis", ports["redis"])
         await asyncio.to_thread(pg.place.prepare)  # a place PostgreSQL cannot use fails here, alone
+        await asyncio.to_thread(backups.prepare)  # the WAL archive, written by the server's user
         self.say("starting PostgreSQL, NATS JetStream and Redis …")
         await self.supervisor.start(pg.spec, *(node.spec for node in nodes), redis.spec)
         nats_ports = ",".join(str(node.port) for node in nodes)
@@ -349,6 +354,7 @@ class Stack:
             "ca_file": str(tls.ca_cert) if tls is not None else None,
             # What the servers need outside the home (see stack/place.py); `down --purge` removes it.
             "outside_home": [pg.place.record()] if pg.place.outside is not None else [],
+            "backups": str(backups.root),
         }
         _write_private(self.home / "stack.json", self.info)
         self.say(f"[bold green]paystream is up[/bold green]: {urls['gateway']}  "
@@ -408,6 +414,7 @@ async def run_up(options: UpOptions, console: Console) -> int:
     await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     demo: asyncio.Task[None] | None = None
+    schedule: asyncio.Task[None] | None = None
     if starting.done():
         error = starting.exception()
         if error is not None:
@@ -416,6 +423,9 @@ async def run_up(options: UpOptions, console: Console) -> int:
         else:
             if options.demo:
                 demo = asyncio.create_task(_run_demo(stack, options.demo_args))
+            every = parse_every(load_settings().backup_every)
+            if every is not None:
+                schedule = asyncio.create_task(run_schedule(stack.home, every, stack.say))
             await stopper
     else:
         starting.cancel()
@@ -425,6 +435,10 @@ async def run_up(options: UpOptions, console: Console) -> int:
         demo.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await demo
+    if schedule is not None:
+        schedule.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await schedule
     stopper.cancel()
     await stack.stop()
     return code
@@ -454,8 +468,9 @@ def purge_home(home: Path) -> str:
     home = home.resolve()
     if not home.exists():
         return f"nothing to purge: {home} does not exist"
-    if not (home / "secrets.json").exists():
-        raise UpError(f"{home} is not a paystream home (it has no secrets.json); nothing was removed")
+    if not (home / "secrets.json").exists() and not (home / "restore.json").exists():
+        raise UpError(f"{home} is not a paystream home (it has no secrets.json) nor a restored copy "
+                      "(no restore.json); nothing was removed")
     said = stop_running(home)
     _check_not_running(home)  # still stopping after the timeout: remove nothing
     removed = purge(home)
