@@ -67,11 +67,13 @@ async def _restored(home: Path, to: datetime, into: Path) -> AsyncIterator[dict[
             await asyncio.sleep(0.2)
         yield json.loads((into / "restore.json").read_text())
     finally:
+        clock = time.monotonic()
         if process.poll() is None:
             down = _cli("down", "--home", str(into))
             assert down.returncode == 0, down.stderr
         assert await asyncio.to_thread(process.wait, 120) == 0, out.read_text()
         purge(into)
+        print(f"down and purge of the copy took {time.monotonic() - clock:.1f}s")
 
 
 async def _settled(client: PaystreamClient, payment: dict[str, object]) -> str:
@@ -111,7 +113,9 @@ async def test_a_restore_to_an_instant_between_two_payments_has_the_balances_of_
         # Signed checkpoints before the backup: the copy carries them, and verifies them with the key.
         signed = _cli("ledger", "verify", "--home", str(stack.home))
         assert signed.returncode == 0, signed.stdout
+        clock = time.monotonic()
         backup = _cli("backup", "--home", str(stack.home))
+        print(f"paystream backup took {time.monotonic() - clock:.1f}s: {backup.stdout.strip()}")
         assert backup.returncode == 0, backup.stderr
         assert re.search(r"base backup \d{8}T\d{6}Z: [\d.]+ MB in [\d.]+s, verified", backup.stdout), backup.stdout
         kept = await _settled(client, await client.pay(payer["id"], payee["id"], 3_000))
@@ -147,12 +151,14 @@ async def test_a_restore_to_an_instant_between_two_payments_has_the_balances_of_
             await conn.close()
         assert restored == expected
         assert payments == {kept}
+        clock = time.monotonic()
         check = _cli("check", "--database-url", url)
         assert check.returncode == 0, check.stdout
         verify = _cli("ledger", "verify", "--database-url", url, "--no-sign",
                       "--key", str(stack.home / "ledger-checkpoint-key.pem"))
         assert verify.returncode == 0, verify.stdout
         assert "no checkpoints yet" not in verify.stdout
+        print(f"restore took {copy['seconds']}s; check and ledger verify {time.monotonic() - clock:.1f}s")
     assert not into.exists()  # purged, with its place outside DIR when run as root
     # The copy (promoted, on a timeline of its own) wrote nothing into the stack's archive.
     assert not list(backup_place(stack.home).wal.glob("*.history"))

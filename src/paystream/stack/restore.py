@@ -216,7 +216,9 @@ async def run_restore(options: RestoreOptions, say: Callable[[str], None]) -> in
         say(f"restore failed: {exc}")
         code = 1
     finally:
+        say("stopping the restored PostgreSQL …")
         await supervisor.stop([["postgres"]])
+        say("stopped; the copy stays in " + str(pg.data_dir))
         pidfile = into / "up.pid"
         if pidfile.is_file() and pidfile.read_text().strip() == str(os.getpid()):
             pidfile.unlink()

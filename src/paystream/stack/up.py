@@ -16,6 +16,7 @@ import secrets
 import signal
 import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -454,12 +455,17 @@ def stop_running(home: Path, timeout: float = 120.0) -> str:
         pidfile.unlink(missing_ok=True)
         return f"no stack is running from {home} (removed a stale pid file)"
     os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
     try:
-        psutil.Process(pid).wait(timeout=timeout)
+        process = psutil.Process(pid)
+        # Polled rather than `wait()`ed: a process that has exited but whose parent has not yet
+        # reaped it (a test's Popen) is a zombie, and waiting for it to vanish would wait for that.
+        while process.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                return f"the stack (pid {pid}) is still stopping after {timeout:.0f}s"
+            time.sleep(0.1)
     except psutil.NoSuchProcess:
         pass
-    except psutil.TimeoutExpired:
-        return f"the stack (pid {pid}) is still stopping after {timeout:.0f}s"
     return f"stopped the stack from {home}"
 
 
