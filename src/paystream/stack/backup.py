@@ -284,6 +284,8 @@ def take_base_backup(home: Path, *, keep: int = 0, say: Callable[[str], None] = 
         raise BackupError(f"{home}'s PostgreSQL archives no WAL yet; restart it with this paystream's `up`", code=1)
     parts = urlsplit(url)
     with _locked(place):
+        for stale in place.base.glob(".*.partial"):  # left by a backup that was killed (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         while (place.base / stamp).exists():  # two in one second: the names sort as the backups do
             time.sleep(1)
