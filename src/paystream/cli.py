@@ -15,6 +15,7 @@ from rich.console import Console
 from paystream.contracts.topology import SERVICES
 from paystream.fraud.commands import fraud_app
 from paystream.platform.home import NoStack
+from paystream.stack.backup_commands import backup_app, restore
 
 app = typer.Typer(
     help="paystream: wallets on a double-entry ledger, payments, fraud screening, signed webhooks.",
@@ -25,6 +26,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True, highlight=False)
 app.add_typer(fraud_app, name="fraud")  # simulate, train, export-labels: paystream/fraud/commands.py
+app.add_typer(backup_app, name="backup")  # take one, list: paystream/stack/backup_commands.py
+app.command()(restore)  # point-in-time recovery into a copy: paystream/stack/backup_commands.py
 
 HomeOption = Annotated[
     Path,
@@ -68,12 +71,14 @@ def up(
 ) -> None:
     """Start PostgreSQL, NATS JetStream, Redis and every service; run until Ctrl-C."""
     from paystream.platform.config import load_settings
+    from paystream.stack.pitr import parse_every
     from paystream.stack.scale import ScaleError, parse_scale
     from paystream.stack.up import UpError, UpOptions, run_up
 
     try:
         copies = parse_scale(scale, partitions=load_settings().partitions)
-    except ScaleError as exc:
+        parse_every(load_settings().backup_every)
+    except (ScaleError, ValueError) as exc:
         console.print(f"[bold red]cannot start:[/bold red] {exc}")
         raise typer.Exit(2) from None
     if nats_cluster not in (1, 3, 5):
@@ -351,12 +356,17 @@ def audit_verify(home: HomeOption = Path(".paystream")) -> None:
 
 
 @app.command()
-def check(home: HomeOption = Path(".paystream")) -> None:
+def check(
+    home: HomeOption = Path(".paystream"),
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", help="A superuser URL of the database (instead of HOME/stack.json), e.g. a restored copy.",
+    )] = None,
+) -> None:
     """Check the money invariants against the running stack's database."""
-    from paystream.tools.invariants import check_from_home
+    from paystream.tools.invariants import check_from_home, check_invariants
 
     try:
-        report = asyncio.run(check_from_home(home))
+        report = asyncio.run(check_invariants(database_url) if database_url else check_from_home(home))
     except NoStack as exc:
         _no_stack(exc)
     console.print(report.table())

@@ -66,7 +66,9 @@ class UpProcess:
         # The stack passes its environment on to every service: start from a clean slate
         # of PAYSTREAM_* settings so only what the test asks for reaches them.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
-        env.update({"COLUMNS": "240", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
+        # No scheduled base backups unless a test asks (tests/e2e/test_backups.py): the first would
+        # run at once, on every test's stack.
+        env.update({"COLUMNS": "240", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "PAYSTREAM_BACKUP_EVERY": "off"})
         env.update(self._env)
         return env
 

@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     # gets its binaries and data, outside the home: see `paystream.stack.place`. None: the
     # default, /var/lib/paystream as root, in the home itself otherwise.
     server_root: Path | None = None
+    # Backups (`paystream.stack.backup`, docs/backups.md): `up` takes a base backup this often
+    # ("4h", "30m", "1d"; "off": never) and keeps the newest `backup_keep` (0: all) with the WAL
+    # they need. `archive_timeout_seconds` > 0 makes PostgreSQL archive a segment at least that
+    # often even when it is not full (each one costs a whole 16 MB file); 0: only full segments.
+    backup_every: str = "4h"
+    backup_keep: int = 6
+    archive_timeout_seconds: float = 0.0
 
     # Connections. `database_url` is the service's own role, reaching only its schema.
     database_url: str = "postgresql://localhost:5432/paystream"

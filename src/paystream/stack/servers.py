@@ -61,6 +61,7 @@ class Postgres:
     port: int
     password: str
     database: str = "paystream"
+    settings: tuple[tuple[str, str], ...] = ()  # more `-c name=value` (the WAL archive, or none)
     place: ServerPlace = field(init=False)
     spec: ProcessSpec = field(init=False)
 
@@ -80,6 +81,8 @@ class Postgres:
             "-c", "log_min_messages=warning",
             "-c", "log_line_prefix=%m [%p] ",
         ]
+        for name, value in self.settings:
+            argv += ["-c", f"{name}={value}"]
         object.__setattr__(self, "spec", ProcessSpec(
             name="postgres", argv=argv, user=place.user, stop_signal="SIGINT",
             ready=self.ready, prepare=self.prepare, stop_timeout=30.0,

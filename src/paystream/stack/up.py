@@ -16,6 +16,7 @@ import secrets
 import signal
 import ssl
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,8 @@ from paystream.platform.crypto import FileKeyring
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import configure_logging
+from paystream.stack.backup import backup_place, run_schedule
+from paystream.stack.pitr import parse_every
 from paystream.stack.place import PlaceError, purge
 from paystream.stack.ports import choose_port
 from paystream.stack.process import ProcessSpec, StartFailed, Supervisor
@@ -271,7 +274,9 @@ class Stack:
         (self.home / "up.pid").write_text(str(os.getpid()))
         secrets_ = load_secrets(self.home)
         ports = self._ports()
-        pg = Postgres(self.home, ports["postgres"], secrets_["postgres_password"])
+        backups = backup_place(self.home)
+        pg = Postgres(self.home, ports["postgres"], secrets_["postgres_password"],
+                      settings=backups.archive_settings())
         _check_nats_mode(self.home, self.options.nats_nodes)
         if self.options.nats_nodes > 1:
             taken = set(ports.values())
@@ -288,6 +293,7 @@ class Stack:
         replicas = min(3, len(nodes))
         redis = Redis(self.home / "redis", ports["redis"])
         await asyncio.to_thread(pg.place.prepare)  # a place PostgreSQL cannot use fails here, alone
+        await asyncio.to_thread(backups.prepare)  # the WAL archive, written by the server's user
         self.say("starting PostgreSQL, NATS JetStream and Redis …")
         await self.supervisor.start(pg.spec, *(node.spec for node in nodes), redis.spec)
         nats_ports = ",".join(str(node.port) for node in nodes)
@@ -364,6 +370,7 @@ class Stack:
             "ca_file": str(tls.ca_cert) if tls is not None else None,
             # What the servers need outside the home (see stack/place.py); `down --purge` removes it.
             "outside_home": [pg.place.record()] if pg.place.outside is not None else [],
+            "backups": str(backups.root),
         }
         _write_private(self.home / "stack.json", self.info)
         self.say(f"[bold green]paystream is up[/bold green]: {urls['gateway']}  "
@@ -434,6 +441,7 @@ async def run_up(options: UpOptions, console: Console) -> int:
     await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     demo: asyncio.Task[None] | None = None
+    schedule: asyncio.Task[None] | None = None
     if starting.done():
         error = starting.exception()
         if error is not None:
@@ -443,6 +451,9 @@ async def run_up(options: UpOptions, console: Console) -> int:
         else:
             if options.demo:
                 demo = asyncio.create_task(_run_demo(stack, options.demo_args))
+            every = parse_every(load_settings().backup_every)
+            if every is not None:
+                schedule = asyncio.create_task(run_schedule(stack.home, every, stack.say))
             await stopper
     else:
         starting.cancel()
@@ -452,6 +463,10 @@ async def run_up(options: UpOptions, console: Console) -> int:
         demo.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await demo
+    if schedule is not None:
+        schedule.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await schedule
     stopper.cancel()
     await stack.stop()
     return code
@@ -467,12 +482,17 @@ def stop_running(home: Path, timeout: float = 120.0) -> str:
         pidfile.unlink(missing_ok=True)
         return f"no stack is running from {home} (removed a stale pid file)"
     os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
     try:
-        psutil.Process(pid).wait(timeout=timeout)
+        process = psutil.Process(pid)
+        # Polled rather than `wait()`ed: a process that has exited but whose parent has not yet
+        # reaped it (a test's Popen) is a zombie, and waiting for it to vanish would wait for that.
+        while process.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                return f"the stack (pid {pid}) is still stopping after {timeout:.0f}s"
+            time.sleep(0.1)
     except psutil.NoSuchProcess:
         pass
-    except psutil.TimeoutExpired:
-        return f"the stack (pid {pid}) is still stopping after {timeout:.0f}s"
     return f"stopped the stack from {home}"
 
 
@@ -481,8 +501,9 @@ def purge_home(home: Path) -> str:
     home = home.resolve()
     if not home.exists():
         return f"nothing to purge: {home} does not exist"
-    if not (home / "secrets.json").exists():
-        raise UpError(f"{home} is not a paystream home (it has no secrets.json); nothing was removed")
+    if not (home / "secrets.json").exists() and not (home / "restore.json").exists():
+        raise UpError(f"{home} is not a paystream home (it has no secrets.json) nor a restored copy "
+                      "(no restore.json); nothing was removed")
     said = stop_running(home)
     _check_not_running(home)  # still stopping after the timeout: remove nothing
     removed = purge(home)
