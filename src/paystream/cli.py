@@ -294,6 +294,10 @@ def clients_create(
     tenant: Annotated[str, typer.Option(help="The tenant the client acts in.")] = "default",
     scope: Annotated[list[str], typer.Option("--scope", help="A scope to grant (repeat).")] = [],  # noqa: B006
     home: HomeOption = Path(".paystream"),
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", help="The gateway's database (its own role will do) instead of HOME/stack.json: "
+        "a deployment's first client, e.g. `kubectl exec` into a gateway pod with $PAYSTREAM_DATABASE_URL.",
+    )] = None,
 ) -> None:
     """Create an API client; its secret is printed once and never stored in clear."""
     import json as json_module
@@ -310,7 +314,8 @@ def clients_create(
         err_console.print(f"[bold red]invalid client:[/bold red] {problems}", soft_wrap=True)
         raise typer.Exit(2) from None
     try:
-        created = asyncio.run(create_client(home, name=spec.name, tenant=spec.tenant, scopes=list(spec.scopes)))
+        created = asyncio.run(create_client(home, name=spec.name, tenant=spec.tenant, scopes=list(spec.scopes),
+                                            url=database_url))
     except NoStack as exc:
         _no_stack(exc)
     except FileNotFoundError as exc:

@@ -127,3 +127,29 @@ async def test_a_client_created_from_the_command_line_can_sign_in(stack: UpProce
         sys.executable, "-m", "paystream", "clients", "create", "--home", str(stack.home),
         "--name", "x", "--scope", "superpowers"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "Traceback" not in refused.stdout + refused.stderr
+
+
+async def test_a_deployments_first_client_is_made_from_the_database_url_alone(stack: UpProcess, tmp_path: Any) -> None:
+    """No home (a Kubernetes pod): `clients create --database-url` with the gateway's own role."""
+    import asyncio
+    import json
+    import subprocess
+    import sys
+
+    from paystream.platform.home import read_secrets
+
+    assert stack.info is not None
+    password = read_secrets(stack.home)["role_passwords"]["gateway"]
+    host_port = stack.info.postgres_url.rsplit("@", 1)[1]  # host:port/database
+    gateway_role = f"postgresql://paystream_gateway:{password}@{host_port}"
+    made = await asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "paystream", "clients", "create", "--home", str(tmp_path),
+        "--database-url", gateway_role, "--name", "first", "--scope", "admin"],
+        capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    created = json.loads(made.stdout)
+    async with httpx.AsyncClient(base_url=stack.info.gateway_url, timeout=10) as http:
+        token = await http.post("/oauth/token", data={
+            "grant_type": "client_credentials", "client_id": created["client_id"],
+            "client_secret": created["client_secret"]})
+    assert token.status_code == 200 and token.json()["scope"] == "admin"

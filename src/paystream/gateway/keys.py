@@ -27,9 +27,10 @@ from paystream.platform.home import database_url
 SCHEMA = "gateway"
 
 
-async def gateway_pool(home: Path) -> asyncpg.Pool:
-    """A one-connection pool on the gateway's schema of the stack running from ``home``."""
-    return await create_pool(database_url(home), min_size=1, max_size=1, search_path=SCHEMA)
+async def gateway_pool(home: Path, url: str | None = None) -> asyncpg.Pool:
+    """A one-connection pool on the gateway's schema: of the stack running from ``home``, or of
+    the database at ``url`` (a deployment's: the gateway's own role is enough)."""
+    return await create_pool(url or database_url(home), min_size=1, max_size=1, search_path=SCHEMA)
 
 
 async def rotate_signing_key(home: Path) -> tuple[str, datetime]:
@@ -77,9 +78,11 @@ async def rotate_encryption_key(home: Path) -> tuple[str, int]:
     return version, rewrapped
 
 
-async def create_client(home: Path, *, name: str, tenant: str, scopes: list[str]) -> dict[str, object]:
+async def create_client(
+    home: Path, *, name: str, tenant: str, scopes: list[str], url: str | None = None,
+) -> dict[str, object]:
     """`paystream clients create`: an API client made from the command line (and audited)."""
-    pool = await gateway_pool(home)
+    pool = await gateway_pool(home, url)
     try:
         async with pool.acquire() as conn, conn.transaction():
             row, secret = await ClientStore().create_client(conn, tenant_id=tenant, name=name, scopes=scopes)
