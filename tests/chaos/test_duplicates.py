@@ -76,7 +76,7 @@ async def _consumers_caught_up(info: StackInfo) -> dict[str, int]:
 
 
 async def test_every_event_delivered_twice_moves_no_balance_twice() -> None:
-    env = {"PAYSTREAM_CHAOS_DUPLICATE_DELIVERY": "true"}
+    env = {"PAYSTREAM_CHAOS_DUPLICATE_DELIVERY": "true", "PAYSTREAM_SCREENING_DEADLINE_SECONDS": "30"}
     async with running_stack(env, prefix="paystream-chaos-dup-") as stack:
         assert stack.info is not None
         limits = FraudLimits.from_settings()

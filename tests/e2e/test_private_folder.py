@@ -107,7 +107,7 @@ def _start_stack_and_tests_postgres(clone: Path, user: str | None) -> None:
                 f"paystream up did not start from {clone}:\n{(clone.parent / 'up.out').read_text()[-3000:]}")
             time.sleep(0.3)
         info = json.loads((home / "stack.json").read_text())
-        assert httpx.get(info["gateway_url"] + "/readyz", timeout=10).status_code == 200
+        assert httpx.get(info["operations_urls"]["gateway"] + "/readyz", timeout=10).status_code == 200
         outside = [Path(entry["path"]) for entry in info["outside_home"]]
         if os.geteuid() == 0 and user is None:
             assert outside and all(path.is_dir() for path in outside), info["outside_home"]
