@@ -175,6 +175,7 @@ async def test_a_time_outside_the_window_is_refused_and_names_the_window(stack: 
     place = backup_place(stack.home)
     deadline = time.monotonic() + 180
     while not catalogue(place):
+        assert time.monotonic() < deadline, "no scheduled base backup within 180s"
         await asyncio.sleep(0.5)
         assert time.monotonic() < deadline
     oldest = catalogue(place)[0]

@@ -273,17 +273,16 @@ class Gateway:
             return await self._idempotent(
                 request, principal, key, fingerprint(route.method, request.url.path, body),
                 f"{route.method} {route.path}",
-                lambda: self.forward(route, request, principal, body, key, correlation_id),
+                lambda: self.forward(route, request, principal, body, key, correlation_id), correlation_id,
             )
 
     async def _idempotent(
         self, request: Request, principal: Principal, key: str, request_fp: str, action: str,
-        produce: Callable[[], Awaitable[Response]], *, keep: Keep | None = None,
+        produce: Callable[[], Awaitable[Response]], correlation_id: str, *, keep: Keep | None = None,
     ) -> Response:
         """Answer a request with an Idempotency-Key: the first answer again for the same key and
         request, 422 for another request, 409 while the first runs; else ``produce`` it. ``keep``
         says how the answer is stored and read back, when it holds what must not lie in clear."""
-        correlation_id = request.headers.get("x-correlation-id", "")[:128] or uuid.uuid4().hex
         now = datetime.now(UTC)
         async with self.pool.acquire() as conn:
             stored = await self.idempotency.begin(conn, principal.client_id, key, request_fp, now)
@@ -395,8 +394,9 @@ class Gateway:
         if key is None:
             return await produce()
         action = f"POST {request.url.path}"
+        correlation_id = request.headers.get("x-correlation-id", "")[:128] or uuid.uuid4().hex
         return await self._idempotent(request, principal, key, fingerprint("POST", request.url.path, same),
-                                      action, produce, keep=keep)
+                                      action, produce, correlation_id, keep=keep)
 
     async def create_card(self, request: Request) -> Response:
         checked = await self._local_write(request, "cards:write", CardCreate)
