@@ -12,6 +12,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+# typer 0.29 carries its own click (pinned in constraints.txt); its errors are caught by class.
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
 from paystream.contracts.topology import SERVICES
 from paystream.fraud.commands import fraud_app
 from paystream.platform.home import NoStack
@@ -79,10 +82,13 @@ def up(
         copies = parse_scale(scale, partitions=load_settings().partitions)
         parse_every(load_settings().backup_every)
     except (ScaleError, ValueError) as exc:
-        console.print(f"[bold red]cannot start:[/bold red] {exc}")
+        err_console.print(f"[bold red]cannot start:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     if nats_cluster not in (1, 3, 5):
-        console.print(f"[bold red]cannot start:[/bold red] --nats-cluster takes 1, 3 or 5 nodes, not {nats_cluster}")
+        err_console.print(
+            f"[bold red]cannot start:[/bold red] --nats-cluster takes 1, 3 or 5 nodes, not {nats_cluster}",
+            soft_wrap=True,
+        )
         raise typer.Exit(2)
     options = UpOptions(
         home=home, auto_ports=auto_ports, ports=_parse_ports(port), demo=demo,
@@ -93,7 +99,7 @@ def up(
     try:
         code = asyncio.run(run_up(options, console))
     except UpError as exc:
-        console.print(f"[bold red]cannot start:[/bold red] {exc}")
+        err_console.print(f"[bold red]cannot start:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -115,7 +121,7 @@ def down(
     try:
         console.print(purge_home(home))
     except UpError as exc:
-        console.print(f"[bold red]cannot purge:[/bold red] {exc}")
+        err_console.print(f"[bold red]cannot purge:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -168,7 +174,7 @@ def _drive(work: Coroutine[Any, Any, bool], what: str) -> None:
     except NoStack as exc:
         _no_stack(exc)
     except (ApiError, httpx.HTTPError) as exc:
-        console.print(f"[bold red]{what} failed:[/bold red] {exc}")
+        err_console.print(f"[bold red]{what} failed:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     raise typer.Exit(0 if ok else 1)
 
@@ -246,10 +252,10 @@ def gameday(
     try:
         code = asyncio.run(run_gameday(options, console))
     except GamedayError as exc:
-        console.print(f"[bold red]gameday:[/bold red] {exc}", soft_wrap=True)
+        err_console.print(f"[bold red]gameday:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (ApiError, httpx.HTTPError) as exc:
-        console.print(f"[bold red]gameday failed:[/bold red] {exc}")
+        err_console.print(f"[bold red]gameday failed:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -403,7 +409,7 @@ def faults(
     try:
         console.print_json(data=asyncio.run(work))
     except (ApiError, httpx.HTTPError) as exc:
-        console.print(f"[bold red]faults failed:[/bold red] {exc}")
+        err_console.print(f"[bold red]faults failed:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -442,8 +448,27 @@ def ledger_verify(
 
 
 def main() -> None:
+    """Run the command. A usage error (an unknown command or option, a value that does not parse
+    or is out of range) is one line on stderr and exit 2, like every other bad input; `--help`
+    and a bare `paystream` still print the help."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        code = typer.main.get_command(app).main(prog_name="paystream", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        raise SystemExit(2) from None
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "paystream"
+        message = " ".join(exc.format_message().split())
+        err_console.print(f"{where}: {message} (see {where} --help)", markup=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except ClickException as exc:
+        err_console.print(f"paystream: {' '.join(exc.format_message().split())}", markup=False, soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        err_console.print("paystream: aborted", markup=False)
+        raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

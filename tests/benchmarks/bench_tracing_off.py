@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from paystream.platform.ids import new_id
 
 from paystream.contracts.envelope import decode, encode, make_envelope
 from paystream.contracts.events import FraudApproved, PaymentOrder
+from paystream.contracts.ids import new_id
 from paystream.platform import tracing
 
 

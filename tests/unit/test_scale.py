@@ -48,10 +48,10 @@ def test_up_with_a_bad_scale_says_one_line_exits_2_and_starts_nothing(tmp_path: 
     env = {"PAYSTREAM_SCALE": "notifications=99"} if how == "env" else {}
     done = subprocess.run(
         [sys.executable, "-m", "paystream", "up", "--home", str(home), *args],
-        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", **env},
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "COLUMNS": "80", **env},
     )
     assert done.returncode == 2
-    lines = done.stdout.strip().splitlines()
-    assert len(lines) == 1 and "notifications=99 is more copies than the 8 partitions" in lines[0], done.stdout
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "notifications=99 is more copies than the 8 partitions" in lines[0], done.stderr
     assert "Traceback" not in done.stderr
     assert not home.exists()
