@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import orjson
-import pytest
 from pydantic import BaseModel
 
 from paystream.contracts import api as contracts
@@ -239,10 +238,6 @@ async def test_every_served_body_is_exactly_the_model_its_route_documents(
     assert problems_seen == {True, False}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the token endpoint's errors carry RFC 6749's error and error_description beside the "
-    "problem members (gateway/edge.py oauth_error), which the Problem model /openapi.json "
-    "names for them does not declare"))
 async def test_a_token_endpoint_error_is_exactly_the_model_it_documents(
     stack: UpProcess, client: PaystreamClient
 ) -> None:

@@ -357,6 +357,14 @@ class Problem(_Response):
                                             description="validation problems only")
 
 
+class OAuthProblem(Problem):
+    """The token endpoint's errors: RFC 6749's ``error`` and ``error_description`` beside the
+    problem's members, so an OAuth client and a problem-JSON client both understand."""
+
+    error: str
+    error_description: str
+
+
 # --- clients ------------------------------------------------------------------------------
 
 ScopeName = Literal[
