@@ -66,7 +66,8 @@ def oauth_error(status: int, error: str, description: str) -> Response:
     body = OAuthProblem.body(
         type=f"https://paystream.dev/problems/{error}",
         title={400: "Bad request", 401: "Unauthorized", 413: "Payload too large"}[status],
-        status=status, detail=description, code=error, error=error, error_description=description,
+        status=status, detail=description, code=error, errors=None, error=error,
+        error_description=description,
     )
     headers = {"Cache-Control": "no-store"}
     if status == 401:
