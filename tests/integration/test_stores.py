@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from paystream.contracts.api import Payment
 from paystream.contracts.envelope import Envelope, decode, make_envelope
 from paystream.contracts.events import (
     FraudApproved,
@@ -41,11 +42,11 @@ from paystream.ledger.domain import (
     simple_transfer,
 )
 from paystream.ledger.handlers import LedgerHandlers
-from paystream.ledger.store import LedgerStore, account_view
+from paystream.ledger.store import LedgerStore, account_body
 from paystream.notifications.handlers import NotificationHandlers, webhook_body
 from paystream.notifications.store import NotificationsStore
 from paystream.payments.handlers import PaymentHandlers
-from paystream.payments.store import PaymentsStore, payment_view
+from paystream.payments.store import PaymentsStore
 from paystream.platform.db import create_pool
 from paystream.platform.errors import Conflict, PoisonMessage
 from paystream.platform.outbox import Outbox
@@ -131,7 +132,7 @@ async def _posted_balance(conn: asyncpg.Connection, account_id: str) -> int:
         "FROM account_totals WHERE id = $1",
         account_id,
     )
-    return int(account_view(row)["balance"]["posted"])
+    return int(account_body(row)["balance"]["posted"])
 
 
 async def test_ledger_account_creation_also_makes_the_tenants_settlement_account(
@@ -145,7 +146,7 @@ async def test_ledger_account_creation_also_makes_the_tenants_settlement_account
         settlements = await conn.fetchval("SELECT count(*) FROM accounts WHERE kind = 'settlement'")
 
     assert row is not None and row["currency"] == "EUR"
-    assert account_view(row)["balance"] == {"posted": 0, "pending": 0, "available": 0}
+    assert account_body(row)["balance"] == {"posted": 0, "pending": 0, "available": 0}
     assert list(settlement) == [(TENANT, "EUR")]
     assert settlements == 1
 
@@ -427,7 +428,7 @@ async def test_payments_requires_review_carries_frauds_reasons_and_the_payment_k
                 await handlers.on_outcomes(conn, [_signal(signal, pid)])
         row = await store.get(conn, TENANT, pid)
 
-    assert row is not None and payment_view(row)["review_reasons"] == reasons
+    assert row is not None and Payment.body(row)["review_reasons"] == reasons
     [requires_review] = [e for e in await _outbox_events(payments) if e.type == "payment.requires_review"]
     assert requires_review.payload["data"]["review_reasons"] == reasons
 

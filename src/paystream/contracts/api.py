@@ -3,12 +3,17 @@
 Request models forbid unknown fields and coerce nothing: ``"amount": "100"`` is an
 error, not a hundred. The gateway validates with them before anything is stored,
 and each service validates again at its own door.
+
+Response models are the one description of each response body: ``Model.body(row)`` builds
+it (`paystream.contracts.bodies`), reading each field from the row's column of its name or
+where its `From` says, and leaving out a field whose ``exclude_if`` says so. No service
+writes a body's keys by hand.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from paystream.contracts.bodies import Body, From, Row, body_of
 from paystream.contracts.events import WEBHOOK_EVENT_TYPES
 from paystream.contracts.money import MAX_AMOUNT, is_currency
 
@@ -58,8 +64,18 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _is_null(value: object) -> bool:
+    return value is None
+
+
 class _Response(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+    @classmethod
+    def body(cls, row: Row | None = None, /, **values: Any) -> Body:
+        """This response's body for a stored row; ``values`` (by field name) give what the
+        row does not have, e.g. a computed balance."""
+        return body_of(cls, row, values)
 
 
 # --- accounts -----------------------------------------------------------------------------
@@ -217,7 +233,7 @@ class DepositCreate(_Request):
 
 class Payment(_Response):
     id: str
-    type: PaymentType
+    type: Annotated[PaymentType, From("kind")]
     status: PaymentStatus
     amount: int
     currency: str
@@ -225,7 +241,7 @@ class Payment(_Response):
     destination_account_id: str | None = Field(description="null for a refund of a deposit")
     destination_amount: int | None = Field(default=None, description="across currencies only")
     destination_currency: str | None = None
-    exchange_rate: str | None = None
+    exchange_rate: Annotated[str | None, From(convert=str)] = None  # stored as numeric
     refund_of: str | None = Field(default=None, description="the payment a refund reverses")
     amount_refunded: int = Field(default=0, description="what succeeded refunds returned")
     source_amount: int | None = Field(
@@ -235,7 +251,7 @@ class Payment(_Response):
     )
     source_currency: str | None = None
     failure_code: str | None
-    review_reasons: list[str] | None = Field(
+    review_reasons: Annotated[list[str] | None, From(convert=list)] = Field(
         default=None,
         description="why fraud sent the payment to review (rules, model and its top features, or "
                     "screening_deadline); null if it never was",
@@ -266,10 +282,12 @@ class WebhookEndpointCreate(_Request):
 class WebhookEndpoint(_Response):
     id: str
     url: str
-    events: list[str]
+    events: Annotated[list[str], From(convert=list)]
     description: str | None = None
     created_at: datetime
-    secret: str | None = Field(default=None, description="shown only in the creation response")
+    secret: Annotated[str | None, From(stored=False)] = Field(
+        default=None, exclude_if=_is_null,
+        description="shown only in the creation response (absent everywhere else)")
 
 
 # --- reviews ------------------------------------------------------------------------------
@@ -279,7 +297,7 @@ class Review(_Response):
     id: str
     payment_id: str
     status: Literal["open", "approved", "declined"]
-    reasons: list[str]
+    reasons: Annotated[list[str], From(convert=list)]
     amount: int
     currency: str
     created_at: datetime
@@ -318,7 +336,8 @@ class TokenResponse(_Response):
     token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a name, not a secret
     expires_in: int
     scope: str
-    refresh_token: str | None = Field(default=None, description="password and refresh_token grants only")
+    refresh_token: str | None = Field(default=None, exclude_if=_is_null,
+                                      description="password and refresh_token grants only")
 
 
 class FieldError(_Response):
@@ -334,7 +353,16 @@ class Problem(_Response):
     status: int
     detail: str
     code: str
-    errors: list[FieldError] | None = None
+    errors: list[FieldError] | None = Field(default=None, exclude_if=_is_null,
+                                            description="validation problems only")
+
+
+class OAuthProblem(Problem):
+    """The token endpoint's errors: RFC 6749's ``error`` and ``error_description`` beside the
+    problem's members, so an OAuth client and a problem-JSON client both understand."""
+
+    error: str
+    error_description: str
 
 
 # --- clients ------------------------------------------------------------------------------
@@ -385,7 +413,8 @@ class Card(_Response):
 
 class ClientCreated(_Response):
     client_id: str
-    client_secret: str = Field(description="shown only in this response")
+    client_secret: str | None = Field(
+        description="shown only in this response; null when an Idempotency-Key replay answers it")
     name: str
     tenant: str
     scopes: list[str]

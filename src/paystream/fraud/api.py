@@ -11,11 +11,11 @@ import msgspec
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from paystream.contracts.api import FraudReport, FraudReportCreate, ReviewDecision
+from paystream.contracts.api import FraudReport, FraudReportCreate, Review, ReviewDecision
 from paystream.contracts.ids import has_prefix
 from paystream.contracts.internal import DeadlineReviews, DecisionLookup, DecisionsFound
 from paystream.fraud.handlers import FraudHandlers
-from paystream.fraud.store import FraudStore, review_view
+from paystream.fraud.store import FraudStore
 from paystream.platform.errors import Invalid
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 from paystream.platform.observability import get_logger
@@ -51,7 +51,7 @@ def install_routes(
                 limit=limit,
             )
         return JSONResponse(
-            {"data": [review_view(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+            {"data": [Review.body(r) for r in rows[:limit]], "has_more": len(rows) > limit}
         )
 
     async def decide(caller: Caller, review_id: str, approve: bool, body: ReviewDecision | None) -> JSONResponse:

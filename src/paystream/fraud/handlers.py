@@ -24,6 +24,7 @@ import asyncpg
 import msgspec
 from prometheus_client import Counter
 
+from paystream.contracts.api import Review
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import (
     FraudApproved,
@@ -38,7 +39,7 @@ from paystream.contracts.internal import DeadlineReview
 from paystream.fraud.domain import Decision, Facts, ModelMode, ModelScore, Rule, combine, decide, needs_rescreen
 from paystream.fraud.features import OnlineFeatures, PaymentFacts, facts_of_order, vector
 from paystream.fraud.model import ModelSource
-from paystream.fraud.store import FraudStore, review_view
+from paystream.fraud.store import FraudStore
 from paystream.fraud.velocity import VelocityCounter
 from paystream.platform.errors import Conflict, NotFound
 from paystream.platform.observability import bound, get_logger, held_until_commit, log_on_commit
@@ -253,7 +254,7 @@ class FraudHandlers:
                 await self._outbox.add(
                     conn, [resolution_event(order, review_id, approve, reasons, correlation_id)]
                 )
-        return review_view(row)
+        return Review.body(row)
 
     async def report_fraud(
         self, conn: asyncpg.Connection, *, tenant_id: str, payment_id: str, reason: str, note: str | None,

@@ -17,21 +17,6 @@ _REVIEW_COLUMNS = (
 )
 
 
-def review_view(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "payment_id": row["payment_id"],
-        "status": row["status"],
-        "reasons": list(row["reasons"]),
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "created_at": row["created_at"],
-        "decided_at": row["decided_at"],
-        "score": row["score"],
-        "model_version": row["model_version"],
-    }
-
-
 class FraudStore:
     async def decided(self, conn: asyncpg.Connection, payment_ids: Iterable[str]) -> set[str]:
         rows = await conn.fetch(

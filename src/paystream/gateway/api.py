@@ -45,7 +45,7 @@ from paystream.gateway.routes import ROUTES, Route, route_class
 from paystream.gateway.store import ClientStore, IdempotencyStore
 from paystream.gateway.tokens import InvalidToken, TokenService
 from paystream.gateway.users import UserExists, UserStore
-from paystream.gateway.vault import CardVault, card_view
+from paystream.gateway.vault import CardVault, card_body
 from paystream.platform.crypto import Keyring, Sealed, open_sealed, seal
 from paystream.platform.errors import DomainError
 from paystream.platform.http import Caller, JSONResponse, problem, validation_problem
@@ -420,7 +420,7 @@ class Gateway:
                 row = await vault.store(conn, tenant_id=principal.tenant_id, owner_user_id=owner, card=card,
                                         exp_month=spec.exp_month, exp_year=spec.exp_year)
             request.state.object_id = row["id"]
-            return JSONResponse(card_view(row), status_code=201)
+            return JSONResponse(card_body(row), status_code=201)
 
         # "The same request" without the number or the CVC in clear: their keyed blind indexes.
         def blind(purpose: str, value: str) -> str:

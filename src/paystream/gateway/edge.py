@@ -11,6 +11,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from paystream.contracts.api import OAuthProblem
 from paystream.platform.errors import DomainError
 from paystream.platform.http import problem
 
@@ -62,15 +63,12 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
 
 def oauth_error(status: int, error: str, description: str) -> Response:
     """RFC 6749 error members inside an RFC 9457 problem, so both kinds of client understand."""
-    body = {
-        "type": f"https://paystream.dev/problems/{error}",
-        "title": {400: "Bad request", 401: "Unauthorized", 413: "Payload too large"}[status],
-        "status": status,
-        "detail": description,
-        "code": error,
-        "error": error,
-        "error_description": description,
-    }
+    body = OAuthProblem.body(
+        type=f"https://paystream.dev/problems/{error}",
+        title={400: "Bad request", 401: "Unauthorized", 413: "Payload too large"}[status],
+        status=status, detail=description, code=error, errors=None, error=error,
+        error_description=description,
+    )
     headers = {"Cache-Control": "no-store"}
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="paystream"'

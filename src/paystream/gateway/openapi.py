@@ -14,6 +14,7 @@ from paystream.contracts.api import (
     CardCreate,
     ClientCreate,
     ClientCreated,
+    OAuthProblem,
     Problem,
     TokenResponse,
     User,
@@ -24,10 +25,10 @@ from paystream.gateway.routes import ROUTES
 _REF = "#/components/schemas/{model}"
 
 
-def _problem(description: str) -> dict[str, Any]:
+def _problem(description: str, model: type[BaseModel] = Problem) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "content": {"application/problem+json": {"schema": _ref(model)}},
     }
 
 
@@ -37,7 +38,7 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 
 def build_openapi() -> dict[str, Any]:
     models: set[type[BaseModel]] = {
-        Problem, TokenResponse, ClientCreate, ClientCreated, UserCreate, User, CardCreate, Card,
+        Problem, OAuthProblem, TokenResponse, ClientCreate, ClientCreated, UserCreate, User, CardCreate, Card,
     }
     for route in ROUTES:
         models.update(m for m in (route.body, route.response) if m is not None)
@@ -113,8 +114,8 @@ def build_openapi() -> dict[str, Any]:
                            "refresh_token": {"type": "string"},
                            "scope": {"type": "string"}}}}}},
         "responses": {"200": {"description": "Token", "content": {"application/json": {"schema": _ref(TokenResponse)}}},
-                      "400": _problem("Invalid request, grant type or scope"),
-                      "401": _problem("Client authentication failed")},
+                      "400": _problem("Invalid request, grant type or scope", OAuthProblem),
+                      "401": _problem("Client authentication failed", OAuthProblem)},
     }}
     paths["/v1/clients"] = {"post": {
         "summary": "Create an API client in a tenant (admin)",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import asyncpg
 
+from paystream.contracts.api import Card
+from paystream.contracts.bodies import Body
 from paystream.contracts.ids import new_id
 from paystream.gateway.cards import CardNumber
 from paystream.platform.crypto import Keyring, Sealed, open_sealed, rewrap, seal
@@ -16,13 +17,10 @@ CARD_COLUMNS = "id, brand, last4, exp_month, exp_year, fingerprint, created_at"
 SEALED_TABLES = ("cards", "users")
 
 
-def card_view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"], "brand": row["brand"], "last4": row["last4"],
-        "exp_month": row["exp_month"], "exp_year": row["exp_year"],
-        "fingerprint": base64.urlsafe_b64encode(bytes(row["fingerprint"])[:16]).rstrip(b"=").decode(),
-        "created_at": row["created_at"],
-    }
+def card_body(row: asyncpg.Record) -> Body:
+    """The public card (`Card`): the fingerprint is the first 16 bytes of the number's blind index."""
+    fingerprint = base64.urlsafe_b64encode(bytes(row["fingerprint"])[:16]).rstrip(b"=").decode()
+    return Card.body(row, fingerprint=fingerprint)
 
 
 def _context(card_id: str) -> str:

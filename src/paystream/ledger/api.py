@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from paystream.contracts.api import AccountCreate, HoldPost, TransferCreate
-from paystream.ledger.store import LedgerStore, account_view
+from paystream.contracts.api import AccountCreate, Entry, HoldPost, TransferCreate
+from paystream.contracts.bodies import Body
+from paystream.ledger.store import LedgerStore, account_body
 from paystream.ledger.transfers import KIND, TransferService, public_ref
 from paystream.platform.errors import Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 
 
-def entry_view(row: asyncpg.Record) -> dict[str, Any]:
+def _entry_body(row: asyncpg.Record) -> Body:
+    """The public entry (`Entry`): a public id, and the payment or external ref it came from."""
     direct = row["kind"] == KIND  # a transfer made through /v1/transfers, not by a payment
-    return {
-        "id": f"ent_{row['id']}",
-        "account_id": row["account_id"],
-        "transfer_id": row["transfer_id"],
-        "payment_id": None if direct else row["external_ref"].split(":")[0],
-        "external_ref": public_ref(row["external_ref"]) if direct else None,
-        "direction": row["direction"],
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "created_at": row["created_at"],
-    }
+    return Entry.body(
+        row,
+        id=f"ent_{row['id']}",
+        payment_id=None if direct else row["external_ref"].split(":")[0],
+        external_ref=public_ref(row["external_ref"]) if direct else None,
+    )
 
 
 def _entry_seq(value: str | None) -> int | None:
@@ -66,7 +63,7 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
                 normal_balance=body.normal_balance,
                 lower_limit=body.lower_limit,
             )
-        return JSONResponse(account_view(row), status_code=201)
+        return JSONResponse(account_body(row), status_code=201)
 
     @router.get("/accounts/{account_id}")
     async def get_account(
@@ -79,12 +76,12 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
         async with pool.acquire() as conn:
             row = await visible_account(conn, caller, account_id)
             if instant is None:
-                return JSONResponse(account_view(row))
+                return JSONResponse(account_body(row))
             debits, credits = await store.posted_as_of(conn, account_id, instant)
         # Entries are the truth the running totals summarise; nothing was pending then.
         then = {**dict(row), "debits_posted": debits, "credits_posted": credits,
                 "debits_pending": 0, "credits_pending": 0}
-        return JSONResponse(account_view(then))
+        return JSONResponse(account_body(then))
 
     @router.get("/accounts/{account_id}/entries")
     async def list_entries(
@@ -98,7 +95,7 @@ def install_routes(app: FastAPI, pool: asyncpg.Pool, store: LedgerStore, auth: I
             await visible_account(conn, caller, account_id)
             rows = await store.list_entries(conn, account_id, limit=limit, before_seq=before)
         return JSONResponse(
-            {"data": [entry_view(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+            {"data": [_entry_body(r) for r in rows[:limit]], "has_more": len(rows) > limit}
         )
 
     transfers = TransferService(pool, store)

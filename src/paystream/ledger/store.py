@@ -16,6 +16,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from paystream.contracts.api import Account, Balance
+from paystream.contracts.bodies import Body
 from paystream.contracts.ids import new_id
 from paystream.ledger.domain import (
     AccountState,
@@ -65,24 +67,11 @@ def _hold(row: Mapping[str, Any]) -> HoldState:
     )
 
 
-def account_view(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The public account object for a row."""
+def account_body(row: Mapping[str, Any]) -> Body:
+    """The public account (`Account`) for a row, its balance computed from the running totals."""
     state = _state(row)
-    return {
-        "id": row["id"],
-        "currency": row["currency"],
-        "normal_balance": row["normal_balance"],
-        "allow_overdraft": row["allow_overdraft"],
-        "lower_limit": row["lower_limit"],
-        "balance": {
-            "posted": state.posted,
-            "pending": state.pending,
-            "available": state.available,
-        },
-        "metadata": row["metadata"],
-        "owner_user_id": row["owner_user_id"],
-        "created_at": row["created_at"],
-    }
+    balance = Balance.body(posted=state.posted, pending=state.pending, available=state.available)
+    return Account.body(row, balance=balance)
 
 
 class LedgerStore(TransferLookups):

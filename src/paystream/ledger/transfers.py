@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import asyncpg
 import stamina
 
-from paystream.contracts.api import TransferCreate
+from paystream.contracts.api import Transfer, TransferCreate, TransferLeg
+from paystream.contracts.bodies import Body
 from paystream.contracts.ids import new_id
 from paystream.ledger.domain import Book, HoldAction, HoldVerb, Leg, Posted, Rejected, TransferRequest
 from paystream.ledger.store import LedgerStore
@@ -42,34 +43,22 @@ class TransferRefused(Invalid):
     """The ledger refused the transfer; ``code`` says why (e.g. ``insufficient_funds``)."""
 
 
-def transfer_view(row: asyncpg.Record, legs: list[asyncpg.Record]) -> dict[str, Any]:
-    status = row["hold_status"] or "posted"
-    view_legs = [
-        {"account_id": leg["account_id"], "direction": leg["direction"], "amount": leg["amount"],
-         "currency": leg["currency"]}
-        for leg in legs
-    ]
-    if not view_legs and row["debit_account_id"] is not None:  # a hold: its legs are pending
-        view_legs = [
-            {"account_id": row["debit_account_id"], "direction": "debit",
-             "amount": row["hold_amount"], "currency": row["currency"]},
-            {"account_id": row["credit_account_id"], "direction": "credit",
-             "amount": row["hold_amount"], "currency": row["currency"]},
+def transfer_body(row: asyncpg.Record, legs: list[asyncpg.Record]) -> Body:
+    """The public transfer (`Transfer`); a hold, which has no posted legs, shows its pending two."""
+    bodies = [TransferLeg.body(leg) for leg in legs]
+    if not bodies and row["debit_account_id"] is not None:
+        bodies = [
+            TransferLeg.body(account_id=row["debit_account_id"], direction="debit",
+                             amount=row["hold_amount"], currency=row["currency"]),
+            TransferLeg.body(account_id=row["credit_account_id"], direction="credit",
+                             amount=row["hold_amount"], currency=row["currency"]),
         ]
-    return {
-        "id": row["id"],
-        "external_ref": public_ref(row["external_ref"]),
-        "phase": row["phase"],
-        "status": status,
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "legs": view_legs,
-        "pending_id": row["pending_id"],
-        "closed_by": row["closed_by"],
-        "expires_at": row["expires_at"],
-        "metadata": row["metadata"],
-        "created_at": row["created_at"],
-    }
+    return Transfer.body(
+        row,
+        external_ref=public_ref(row["external_ref"]),
+        status=row["hold_status"] or "posted",
+        legs=bodies,
+    )
 
 
 class TransferService:
@@ -89,7 +78,7 @@ class TransferService:
         if row is None or row["kind"] != KIND:
             raise NotFound(f"no transfer {transfer_id}", code="transfer_not_found")
         legs = await self._store.transfer_legs(conn, [transfer_id])
-        return transfer_view(row, legs)
+        return transfer_body(row, legs)
 
     async def create(self, tenant_id: str, body: TransferCreate) -> tuple[dict[str, Any], bool]:
         """Post (or hold) the transfer; returns (transfer, created).

@@ -7,11 +7,11 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Response
 
-from paystream.contracts.api import WebhookEndpointCreate
+from paystream.contracts.api import WebhookEndpoint, WebhookEndpointCreate
 from paystream.contracts.ids import has_prefix, new_id
 from paystream.notifications.domain import new_secret
 from paystream.notifications.ssrf import url_problem
-from paystream.notifications.store import NotificationsStore, endpoint_view
+from paystream.notifications.store import NotificationsStore
 from paystream.platform.errors import Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 
@@ -42,7 +42,7 @@ def install_routes(
                 },
             )
         # The secret is shown once: a retried creation does not show it again.
-        return JSONResponse(endpoint_view(row, secret=secret if created else None), status_code=201)
+        return JSONResponse(WebhookEndpoint.body(row, secret=secret if created else None), status_code=201)
 
     @router.get("/webhook_endpoints")
     async def list_endpoints(
@@ -57,7 +57,7 @@ def install_routes(
                 conn, caller.tenant_id, before_id=starting_after, limit=limit
             )
         return JSONResponse(
-            {"data": [endpoint_view(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+            {"data": [WebhookEndpoint.body(r) for r in rows[:limit]], "has_more": len(rows) > limit}
         )
 
     @router.get("/webhook_endpoints/{endpoint_id}")
@@ -66,7 +66,7 @@ def install_routes(
             row = await store.get_endpoint(conn, caller.tenant_id, endpoint_id)
         if row is None:
             raise NotFound(f"no webhook endpoint {endpoint_id}", code="webhook_endpoint_not_found")
-        return JSONResponse(endpoint_view(row))
+        return JSONResponse(WebhookEndpoint.body(row))
 
     @router.delete("/webhook_endpoints/{endpoint_id}", status_code=204)
     async def delete_endpoint(endpoint_id: str, caller: Caller = Depends(auth)) -> Response:

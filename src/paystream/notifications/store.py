@@ -11,19 +11,6 @@ import asyncpg
 _ENDPOINT_COLUMNS = "id, tenant_id, url, events, description, created_at"
 
 
-def endpoint_view(row: asyncpg.Record, *, secret: str | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "id": row["id"],
-        "url": row["url"],
-        "events": list(row["events"]),
-        "description": row["description"],
-        "created_at": row["created_at"],
-    }
-    if secret is not None:
-        view["secret"] = secret
-    return view
-
-
 class NotificationsStore:
     async def create_endpoint(self, conn: asyncpg.Connection, values: dict[str, Any]) -> tuple[asyncpg.Record, bool]:
         row = await conn.fetchrow(

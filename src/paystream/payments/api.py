@@ -9,12 +9,19 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query
 
-from paystream.contracts.api import DepositCreate, PaymentCreate, PaymentStatus, RefundCreate
+from paystream.contracts.api import (
+    DepositCreate,
+    Payment,
+    PaymentCreate,
+    PaymentEvent,
+    PaymentStatus,
+    RefundCreate,
+)
 from paystream.contracts.ids import has_prefix, new_id
 from paystream.contracts.money import MAX_AMOUNT, convert
 from paystream.payments.directory import AccountDirectory
 from paystream.payments.handlers import PaymentHandlers
-from paystream.payments.store import DirectoryEntry, PaymentsStore, payment_view
+from paystream.payments.store import DirectoryEntry, PaymentsStore
 from paystream.platform.errors import DomainError, Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 
@@ -135,7 +142,7 @@ def install_routes(
         async with pool.acquire() as conn, conn.transaction():
             replay = await store.by_idempotency_key(conn, caller.tenant_id, key)
             if replay is not None:
-                return JSONResponse(payment_view(replay), status_code=202)
+                return JSONResponse(Payment.body(replay), status_code=202)
             await visible_payment(conn, caller, payment_id, owning="destination_account_id")
             original = await store.lock_one(conn, caller.tenant_id, payment_id)
             assert original is not None
@@ -194,14 +201,14 @@ def install_routes(
     async def get_payment(payment_id: str, caller: Caller = Depends(auth)) -> JSONResponse:
         async with pool.acquire() as conn:
             row = await visible_payment(conn, caller, payment_id)
-        return JSONResponse(payment_view(row))
+        return JSONResponse(Payment.body(row))
 
     @router.get("/payments/{payment_id}/events")
     async def payment_timeline(payment_id: str, caller: Caller = Depends(auth)) -> JSONResponse:
         async with pool.acquire() as conn:
             await visible_payment(conn, caller, payment_id)
             rows = await store.timeline(conn, payment_id)
-        return JSONResponse({"data": [dict(r) for r in rows], "has_more": False})
+        return JSONResponse({"data": [PaymentEvent.body(r) for r in rows], "has_more": False})
 
     @router.get("/payments")
     async def list_payments(
@@ -224,7 +231,7 @@ def install_routes(
                 limit=limit,
             )
         return JSONResponse(
-            {"data": [payment_view(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+            {"data": [Payment.body(r) for r in rows[:limit]], "has_more": len(rows) > limit}
         )
 
     app.include_router(router)

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from paystream.contracts.api import Payment
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import (
     EVENT_TYPES,
@@ -18,7 +19,7 @@ from paystream.contracts.events import (
 )
 from paystream.contracts.ids import new_id
 from paystream.payments.domain import DEADLINE_REASON, Signal, Transition, next_state
-from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow, payment_view
+from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow
 from paystream.platform import tracing
 from paystream.platform.errors import PoisonMessage
 from paystream.platform.observability import bound, get_logger, log_on_commit
@@ -43,7 +44,7 @@ class PaymentHandlers:
         async with conn.transaction():
             row, created = await self._store.insert_payment(conn, values)
             tracing.annotate(payment_id=row["id"])  # on the request's span, when tracing is on
-            payment = payment_view(row)
+            payment = Payment.body(row)
             if not created:
                 return payment, False
             order = order_of(row)
@@ -129,7 +130,7 @@ class Changes:
         if transition.public_event:
             event_cls = EVENT_TYPES[transition.public_event]
             out = make_envelope(
-                event_cls(tenant_id=payment["tenant_id"], data=payment_view(payment)),
+                event_cls(tenant_id=payment["tenant_id"], data=Payment.body(payment)),
                 partition_key=payment["source_account_id"] or payment["destination_account_id"],
                 correlation_id=cause.correlation_id if cause else payment["id"],
                 causation_id=cause.id if cause else None,

@@ -17,32 +17,6 @@ _COLUMNS = (
 )
 
 
-def payment_view(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
-    """The public payment object."""
-    return {
-        "id": row["id"],
-        "type": row["kind"],
-        "status": row["status"],
-        "amount": row["amount"],
-        "currency": row["currency"],
-        "source_account_id": row["source_account_id"],
-        "destination_account_id": row["destination_account_id"],
-        "destination_amount": row["destination_amount"],
-        "destination_currency": row["destination_currency"],
-        "exchange_rate": None if row["exchange_rate"] is None else str(row["exchange_rate"]),
-        "refund_of": row["refund_of"],
-        "amount_refunded": row["amount_refunded"],
-        "source_amount": row["source_amount"],
-        "source_currency": row["source_currency"],
-        "failure_code": row["failure_code"],
-        "review_reasons": None if row["review_reasons"] is None else list(row["review_reasons"]),
-        "description": row["description"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "metadata": row["metadata"],
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class DirectoryEntry:
     account_id: str

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from paystream.contracts.api import Problem
 from paystream.platform.db import is_transient
 from paystream.platform.errors import DomainError, InfrastructureError
 from paystream.platform.observability import Metrics, bound, get_logger
@@ -58,16 +59,9 @@ def problem(
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """An RFC 9457 problem response."""
-    body: dict[str, Any] = {
-        "type": PROBLEM_BASE + code,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
-    if errors is not None:
-        body["errors"] = errors
+    """An RFC 9457 problem response (`Problem`; ``errors`` only for validation)."""
+    body = Problem.body(type=PROBLEM_BASE + code, title=title, status=status, detail=detail,
+                        code=code, errors=errors)
     return Response(
         orjson.dumps(body), status_code=status, media_type=PROBLEM_TYPE, headers=headers
     )
