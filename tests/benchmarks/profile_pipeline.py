@@ -1,0 +1,249 @@
+"""Where the pipeline's CPU goes: CPU per process per payment, and a py-spy profile of every service.
+
+Run from the repository root (py-spy is in the ``test`` extra; it needs ptrace, so root or
+``kernel.yama.ptrace_scope = 0``)::
+
+    .venv/bin/python -m tests.benchmarks.profile_pipeline [--payments 5000] [--accounts 1000] [--out DIR]
+
+It starts a stack of its own (``paystream up --auto-ports`` in a temporary home), then runs
+``paystream bench --home`` against it while ``py-spy record`` samples every service process
+(every copy) at 50 Hz. Around the bench it reads each process's CPU time (user + system,
+with reaped children: PostgreSQL's backends), grouped as PostgreSQL, NATS, Redis, each
+service and the bench client. The figures cover the whole bench, setup included (the
+deposits that fund the wallets go through the same pipeline), so CPU per payment divides by
+transfers + deposits.
+
+Writes ``DIR/profile.md`` (the tables), ``DIR/<process>.txt`` (py-spy's collapsed stacks, for
+flame graphs: ``flamegraph.pl``, speedscope) and ``DIR/profile.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from paystream.stack.place import purge
+
+START_TIMEOUT = 180.0
+SAMPLE_RATE = 50
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
+
+
+def group_of(process: psutil.Process, bench_pid: int) -> str | None:
+    """Which row a process's CPU counts in (None: not part of the run)."""
+    try:
+        if process.pid == bench_pid:
+            return "bench client"
+        name = process.name()
+        cmdline = process.cmdline()
+    except psutil.Error:
+        return None
+    if name.startswith("postgres") or (cmdline and "postgres" in Path(cmdline[0]).name):
+        return "PostgreSQL"
+    if "nats-server" in name:
+        return "nats-server"
+    if "redis" in name:
+        return "Redis"
+    if "serve" in cmdline:
+        return cmdline[cmdline.index("serve") + 1]
+    return None
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def snapshot(supervisor: psutil.Process, bench_pid: int) -> dict[int, tuple[str, float]]:
+    seen: dict[int, tuple[str, float]] = {}
+    candidates = [*supervisor.children(recursive=True)]
+    try:
+        candidates.append(psutil.Process(bench_pid))
+    except psutil.Error:
+        pass
+    for process in candidates:
+        group = group_of(process, bench_pid)
+        if group is None:
+            continue
+        try:
+            seen[process.pid] = (group, cpu_seconds(process))
+        except psutil.Error:
+            continue
+    return seen
+
+
+def cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for pid, (group, seconds) in after.items():
+        totals[group] += seconds - before.get(pid, (group, 0.0))[1]
+    return dict(totals)
+
+
+def area_of(file: str) -> str:
+    """A frame's file as a module name (py-spy writes paths from the import root:
+    ``paystream/gateway/api.py``, ``asyncpg/connection.py``). Time in a native extension is
+    its Python caller's: ``asyncio.runners`` is uvloop's loop (callbacks, socket I/O in C),
+    ``asyncpg.connection`` includes asyncpg's Cython protocol."""
+    path = file.replace("\\", "/")
+    for root in ("site-packages/", "/paystream/"):
+        if root in path:
+            path = ("paystream/" if root == "/paystream/" else "") + path.rsplit(root, 1)[1]
+    return path.removesuffix(".py").replace("/", ".")
+
+
+ENTRY = ("paystream.__main__.", "paystream.cli.", "paystream.platform.runtime.run_service")
+
+
+def _ours(file: str) -> bool:
+    return file.startswith("paystream/") or "/paystream/" in file
+
+
+def profile_table(collapsed: str, top: int = 12) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's collapsed stacks: samples, the areas with most self time, and paystream's
+    own functions with most inclusive time (each as a share of the samples)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [m for m in (FRAME.match(f) for f in stack.split(";")) if m]
+        if not frames:
+            continue
+        own[area_of(frames[-1]["file"])] += count
+        ours = {f"{area_of(m['file'])}.{m['function']}" for m in frames if _ours(m["file"])}
+        for name in ours:
+            if not name.startswith(ENTRY):  # the process's start, under every sample
+                inclusive[name] += count
+    if total == 0:
+        return 0, [], []
+    return (total,
+            [(name, count / total) for name, count in own.most_common(top)],
+            [(name, count / total) for name, count in inclusive.most_common(top)])
+
+
+def start_stack(home: Path, log: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paystream", "up", "--home", str(home), "--auto-ports", "--allow-local-webhooks"],
+        stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (home / "stack.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the stack did not start; see {log}")
+        time.sleep(0.2)
+    return process
+
+
+def service_pids(stack: dict[str, Any]) -> dict[str, int]:
+    return {name: pid for name, pid in stack["pids"].items()
+            if name.split("-")[0] in {"gateway", "payments", "fraud", "ledger", "notifications"}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--payments", type=int, default=5000)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("profile-pipeline"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        raise SystemExit("py-spy is not installed in this environment (it is in paystream's test extra)")
+
+    home = Path(tempfile.mkdtemp(prefix="paystream-profile-"))
+    up = start_stack(home, args.out / "up.out")
+    try:
+        stack = json.loads((home / "stack.json").read_text())
+        supervisor = psutil.Process(stack["supervisor_pid"])
+        time.sleep(3)  # let start-up work settle out of the figures
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "paystream", "bench", "--home", str(home), "--payments", str(args.payments),
+             "--accounts", str(args.accounts), "--concurrency", str(args.concurrency),
+             "--json", str(args.out / "bench.json")],
+            stdin=subprocess.DEVNULL, stdout=(args.out / "bench.out").open("wb"), stderr=subprocess.STDOUT,
+        )
+        before = snapshot(supervisor, bench.pid)
+        spies = {
+            name: subprocess.Popen(
+                [str(py_spy), "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--format", "raw",
+                 "--output", str(args.out / f"{name}.txt"), "--nonblocking"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(args.out / f"{name}.spy.log").open("wb"),
+            )
+            for name, pid in service_pids(stack).items()
+        }
+        started = time.monotonic()
+        after = before
+        while bench.poll() is None:  # the bench client's own CPU is lost once it exits: sample as it goes
+            after = {**after, **snapshot(supervisor, bench.pid)}
+            time.sleep(0.5)
+        after = {**after, **snapshot(supervisor, bench.pid)}
+        elapsed = time.monotonic() - started
+        for spy in spies.values():
+            spy.send_signal(signal.SIGINT)
+        for spy in spies.values():
+            spy.wait(60)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(120)
+        except subprocess.TimeoutExpired:
+            up.kill()
+        purge(home)
+
+    figures = json.loads((args.out / "bench.json").read_text()) if (args.out / "bench.json").exists() else {}
+    payments = args.payments + args.accounts  # transfers + the deposits that fund the wallets
+    cpu = cpu_by_group(before, after)
+    total_cpu = sum(cpu.values())
+    lines = [
+        f"# Where the CPU goes: {args.payments:,} transfers + {args.accounts:,} deposits, "
+        f"concurrency {args.concurrency}, {os.cpu_count()} cores",
+        "",
+        f"bench: {figures.get('accepted_per_second', '?')} accepted/s, {figures.get('completed_per_second', '?')} "
+        f"completed/s; whole run {elapsed:.0f} s, {total_cpu:.0f} CPU-seconds in all "
+        f"({total_cpu / elapsed / (os.cpu_count() or 1):.0%} of the cores)",
+        "",
+        "| process | CPU-seconds | share | CPU per payment |",
+        "|---|---:|---:|---:|",
+    ]
+    for group, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
+        lines.append(f"| {group} | {seconds:.1f} | {seconds / total_cpu:.1%} | {seconds / payments * 1000:.2f} ms |")
+    lines.append(f"| **all** | {total_cpu:.1f} | 100 % | {total_cpu / payments * 1000:.2f} ms |")
+    profiles: dict[str, Any] = {}
+    for name in sorted(service_pids(stack)):
+        path = args.out / f"{name}.txt"
+        if not path.exists():
+            lines += ["", f"## {name}: no profile (see {name}.spy.log)"]
+            continue
+        samples, own, ours = profile_table(path.read_text())
+        profiles[name] = {"samples": samples, "self_by_area": own, "paystream_inclusive": ours}
+        lines += ["", f"## {name} ({samples:,} samples at {SAMPLE_RATE} Hz)", "",
+                  "| self time in | share |", "|---|---:|"]
+        lines += [f"| {area} | {share:.1%} |" for area, share in own]
+        lines += ["", "| paystream function (inclusive) | share |", "|---|---:|"]
+        lines += [f"| `{function}` | {share:.1%} |" for function, share in ours]
+    (args.out / "profile.md").write_text("\n".join(lines) + "\n")
+    (args.out / "profile.json").write_text(json.dumps(
+        {"cpu_seconds": cpu, "payments": payments, "elapsed_seconds": elapsed, "bench": figures,
+         "profiles": profiles}, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
