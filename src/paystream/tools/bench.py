@@ -250,6 +250,12 @@ async def run_bench(home: Path, options: BenchOptions, console: Console) -> bool
                 engine_options = EngineOptions(rate=options.rate, concurrency=RATE_MAX_IN_FLIGHT,
                                                poll_after=10.0, max_wait=(options.duration or 0) + 300)
             errors_before = users_ready.connection_errors if users_ready else 0
+            if users_ready is not None:
+                ends = time.monotonic() + (options.duration or 0) + 60
+                expiring = sum(1 for u in users_ready.users if u.expires_at < ends)
+                if expiring:
+                    console.print(f"[yellow]{expiring:,} user tokens expire before the run ends (the setup "
+                                  "took long); their later payments will be refused with 401[/yellow]")
             started = time.time()
             result = await run_with_progress(
                 LoadEngine(client, receiver, engine_options, sender_of=sender_of), transfers, console,

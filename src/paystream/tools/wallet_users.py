@@ -162,6 +162,7 @@ class WalletUser:
     email: str
     wallet: str
     connection: UserConnection
+    expires_at: float  # time.monotonic() when its access token expires (it is not renewed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,7 @@ async def set_up_users(client: PaystreamClient, info: StackInfo, count: int, *,
             email = f"bench-{run}-{index}@example.com"
             user = await client.call("POST", "/v1/users", json_body={
                 "email": email, "password": password, "name": f"bench user {index}"})
+            signed_in = time.monotonic()
             tokens = await client.sign_in_user(email, password)
             wallet = await client.create_account("USD", owner_user_id=user["id"],
                                                  metadata={"tool": "bench", "user": str(index)})
@@ -202,7 +204,8 @@ async def set_up_users(client: PaystreamClient, info: StackInfo, count: int, *,
                 progress(done)
             return WalletUser(user_id=str(user["id"]), email=email, wallet=str(wallet["id"]),
                               connection=UserConnection(info.gateway_url, str(tokens["access_token"]),
-                                                        ssl_context=context))
+                                                        ssl_context=context),
+                              expires_at=signed_in + float(tokens["expires_in"]))
         return one
 
     users = await bounded_gather([job(i) for i in range(count)], SETUP_CONCURRENCY)
