@@ -10,7 +10,7 @@ latency p50/p99 and the invariant check; ``--json`` writes the same figures to a
 Keep ``payments / accounts`` well under the velocity limit per minute, or the velocity
 rule will (rightly) decline some transfers and the run measures something else.
 
-Latency at a given load (``--rate R --duration S``): the same setup, then ``R × S``
+Latency at a given load (``--rate R --duration S``): the same setup, then ``R * S``
 transfers sent open loop by the load engine (`load.LoadEngine` with ``rate``, as
 `paystream gameday` sends them): each is due at a fixed time, a slow answer holds up no
 later send, and the latencies count from the due time. At most `RATE_MAX_IN_FLIGHT` POSTs
@@ -42,7 +42,6 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paystream.platform.config import load_settings
@@ -52,6 +51,7 @@ from paystream.tools.invariants import check_invariants
 from paystream.tools.load import (
     EngineOptions,
     LoadEngine,
+    LoadResult,
     PaymentSpec,
     Sender,
     create_wallets,
@@ -96,6 +96,11 @@ class BenchOptions:
             return self.payments or DEFAULT_PAYMENTS
         return max(1, round(self.rate * (self.duration or DEFAULT_DURATION)))
 
+    @property
+    def wallets(self) -> int:
+        """How many wallets the transfers are paid from: one per user, else the accounts."""
+        return self.users or max(2, min(self.accounts or DEFAULT_ACCOUNTS, self.total * 2))
+
 
 def check_bench_options(options: BenchOptions) -> BenchOptions:
     """Refuse what cannot be run (`BenchError`); return the options with defaults filled in."""
@@ -109,7 +114,7 @@ def check_bench_options(options: BenchOptions) -> BenchOptions:
     if not (options.rate > 0 and math.isfinite(options.rate)):
         raise BenchError(f"--rate must be a positive number of payments per second, not {options.rate:g}")
     if options.payments is not None:
-        raise BenchError("--payments and --rate conflict: at a rate the run sends rate × --duration payments")
+        raise BenchError("--payments and --rate conflict: at a rate the run sends rate * --duration payments")
     if options.concurrency is not None:
         raise BenchError(f"--concurrency and --rate conflict: at a rate the payments are not sent by a "
                          f"fixed number of workers (at most {RATE_MAX_IN_FLIGHT} are in flight)")
@@ -189,7 +194,7 @@ async def run_bench(home: Path, options: BenchOptions, console: Console) -> bool
     settings = load_settings()
     payments = options.total
     per_minute = payments if options.rate is None else min(payments, options.rate * 60)
-    spread = options.users or max(2, min(options.accounts or DEFAULT_ACCOUNTS, payments * 2))
+    spread = options.wallets
     if per_minute / spread > settings.fraud_velocity_limit:
         console.print(
             f"[yellow]{per_minute:,.0f} payments a minute over {spread:,} accounts is more than the "
@@ -263,6 +268,16 @@ async def run_bench(home: Path, options: BenchOptions, console: Console) -> bool
         finally:
             if users_ready is not None:
                 await close_users(users_ready.users)
+    return await _report(result, options, info, console, started=started, users_ready=users_ready,
+                         setup_errors=errors_before)
+
+
+async def _report(result: LoadResult, options: BenchOptions, info: StackInfo, console: Console, *,
+                  started: float, users_ready: UsersReady | None, setup_errors: int) -> bool:
+    """The measured run's tables, invariants, lateness and users' figures; the JSON; the verdict."""
+    payments = options.total
+    cores = os.cpu_count()
+    spread = options.wallets
     console.print(outcome_table(result, "Final status of the measured transfers"))
     console.print(performance_table(result, f"Throughput and latency ({cores} cores)"))
     report = await check_invariants(info.postgres_url)
@@ -286,16 +301,16 @@ async def run_bench(home: Path, options: BenchOptions, console: Console) -> bool
         console.print(keep_up if lateness.kept_up else f"[bold yellow]{keep_up}[/bold yellow]",
                       soft_wrap=True)
     if users_ready is not None:
-        errors = users_ready.connection_errors - errors_before
+        errors = users_ready.connection_errors - setup_errors
         figures["users"] = {
             "count": len(users_ready.users),
             "setup_seconds": round(users_ready.seconds, 2),
             "connect_seconds": round(users_ready.connect_seconds, 2),
-            "setup_connection_errors": errors_before,
+            "setup_connection_errors": setup_errors,
             "reconnects": users_ready.reconnects,
         }
         figures["connection_errors"] = errors
-        console.print(f"connection errors during the run: {errors} (setup: {errors_before}); "
+        console.print(f"connection errors during the run: {errors} (setup: {setup_errors}); "
                       f"connections reopened after the server closed them idle: {users_ready.reconnects}")
     if options.json_path is not None:
         options.json_path.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
