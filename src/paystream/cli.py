@@ -188,17 +188,17 @@ def demo(
 @app.command()
 def bench(
     home: HomeOption = Path(".paystream"),
-    payments: Annotated[int | None, typer.Option(min=1, help="Transfers to send (closed loop).  [default: 10000]",
+    payments: Annotated[int | None, typer.Option(min=1, help="Transfers to send (closed loop). (default 10000)",
                                                  show_default=False)] = None,
     concurrency: Annotated[int | None, typer.Option(
-        min=1, max=1024, help="Transfers in flight (closed loop).  [default: 32]", show_default=False)] = None,
+        min=1, max=1024, help="Transfers in flight (closed loop). (default 32)", show_default=False)] = None,
     accounts: Annotated[int | None, typer.Option(
-        min=2, help="Funded accounts the payments spread over.  [default: 2000]", show_default=False)] = None,
+        min=2, help="Funded accounts the payments spread over. (default 2000)", show_default=False)] = None,
     rate: Annotated[float | None, typer.Option(
         help="Open loop: send this many payments per second on a fixed schedule; latencies count "
         "from each payment's due time.", show_default=False)] = None,
     duration: Annotated[float | None, typer.Option(
-        help="With --rate: seconds to send for.  [default: 30]", show_default=False)] = None,
+        help="With --rate: seconds to send for. (default 30)", show_default=False)] = None,
     users: Annotated[int | None, typer.Option(
         help="With --rate: N signed-in wallet users send the payments, each from its own wallet on "
         "its own keep-alive connection.", show_default=False)] = None,
