@@ -194,9 +194,20 @@ def demo(
 @app.command()
 def bench(
     home: HomeOption = Path(".paystream"),
-    payments: Annotated[int, typer.Option(min=1)] = 10_000,
-    concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 32,
-    accounts: Annotated[int, typer.Option(min=2, help="Funded accounts the payments spread over.")] = 2000,
+    payments: Annotated[int | None, typer.Option(min=1, help="Transfers to send (closed loop). (default 10000)",
+                                                 show_default=False)] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, max=1024, help="Transfers in flight (closed loop). (default 32)", show_default=False)] = None,
+    accounts: Annotated[int | None, typer.Option(
+        min=2, help="Funded accounts the payments spread over. (default 2000)", show_default=False)] = None,
+    rate: Annotated[float | None, typer.Option(
+        help="Open loop: send this many payments per second on a fixed schedule; latencies count "
+        "from each payment's due time.", show_default=False)] = None,
+    duration: Annotated[float | None, typer.Option(
+        help="With --rate: seconds to send for. (default 30)", show_default=False)] = None,
+    users: Annotated[int | None, typer.Option(
+        help="With --rate: N signed-in wallet users send the payments, each from its own wallet on "
+        "its own keep-alive connection.", show_default=False)] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
@@ -204,17 +215,25 @@ def bench(
         bool, typer.Option("--fresh", help="Start a stack of its own (free ports, temporary home).")
     ] = False,
 ) -> None:
-    """Drive N payments through the public API at a concurrency; report rates and latencies."""
-    from paystream.tools.bench import run_bench, run_bench_on_fresh_stack
+    """Drive payments through the public API, closed loop (N at a concurrency) or open loop
+    (--rate for --duration, optionally from --users); report rates and latencies."""
+    from paystream.tools.bench import (
+        BenchError,
+        BenchOptions,
+        check_bench_options,
+        run_bench,
+        run_bench_on_fresh_stack,
+    )
 
-    if fresh:
-        _drive(run_bench_on_fresh_stack(
-            payments=payments, concurrency=concurrency, accounts=accounts, console=console,
-            json_path=json_path,
-        ), "bench")
-    else:
-        _drive(run_bench(home, payments=payments, concurrency=concurrency,
-                         accounts=accounts, console=console, json_path=json_path), "bench")
+    options = BenchOptions(payments=payments, concurrency=concurrency, accounts=accounts, rate=rate,
+                           duration=duration, users=users, json_path=json_path)
+    try:
+        check_bench_options(options)
+        _drive(run_bench_on_fresh_stack(options, console) if fresh else run_bench(home, options, console),
+               "bench")
+    except BenchError as exc:
+        err_console.print(f"[bold red]bench:[/bold red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

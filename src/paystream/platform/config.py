@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     # With several copies of a service, they share ``http_port`` (SO_REUSEPORT: the kernel
     # spreads connections) and each also answers alone on ``own_port`` (readiness, metrics).
     own_port: int | None = None
+    # How long the HTTP server keeps an idle keep-alive connection open (uvicorn's
+    # timeout_keep_alive). Above a load balancer's idle timeout (60 s on common ones), so the
+    # server is never the one to close a connection the balancer is about to reuse; a wallet
+    # app's user that pays once a minute keeps its connection too (`bench --users`).
+    http_keep_alive_seconds: int = Field(default=75, ge=1)
+    # The listen backlog: connections the kernel queues before the server accepts them
+    # (capped by net.core.somaxconn). Thousands of clients connecting at once need thousands.
+    http_backlog: int = Field(default=4096, ge=16)
     # The operations listener: when set, ``/readyz`` and ``/metrics`` answer only on this port,
     # which serves nothing else (``/healthz`` answers on both). The gateway gets one, so its
     # public port carries no operations data (`paystream up` sets it; the Helm chart too).

@@ -38,6 +38,7 @@ from paystream.platform.http import (
     install_operations_routes,
 )
 from paystream.platform.leases import new_member_id
+from paystream.platform.limits import raise_open_files
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import Metrics, configure_logging, get_logger
 from paystream.platform.outbox import Outbox, OutboxRelay
@@ -283,8 +284,8 @@ async def _serve(module: ModuleType, settings: Settings) -> None:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=20,
-        timeout_keep_alive=30,
-        backlog=4096,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        backlog=settings.http_backlog,
         ssl_certfile=settings.tls_certfile if settings.tls_keyfile else None,
         ssl_keyfile=settings.tls_keyfile if settings.tls_certfile else None,
     )
@@ -324,6 +325,7 @@ def run_service(module: ModuleType) -> None:
     """Entry point of ``paystream serve <name>``: runs until SIGTERM/SIGINT, then drains."""
     import uvloop
 
+    raise_open_files()  # one descriptor per keep-alive connection: the gateway may hold thousands
     settings = load_settings()
     process = module.NAME if settings.copy_index == 1 else f"{module.NAME}-{settings.copy_index}"
     tracing.configure_tracing(module.NAME, endpoint=settings.tracing_endpoint, instance=process,

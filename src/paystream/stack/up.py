@@ -32,6 +32,7 @@ from paystream.gateway.domain import SCOPES
 from paystream.gateway.store import ClientStore
 from paystream.platform.config import load_settings
 from paystream.platform.crypto import FileKeyring
+from paystream.platform.limits import raise_open_files
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.nats_bus import NatsBus
 from paystream.platform.observability import configure_logging
@@ -431,6 +432,7 @@ async def _run_demo(stack: Stack, args: list[str]) -> None:
 
 async def run_up(options: UpOptions, console: Console) -> int:
     """Run the stack in the foreground; returns the process exit code."""
+    raise_open_files()  # before any server starts: they inherit it (PostgreSQL, NATS, Redis too)
     stack = Stack(options, console)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

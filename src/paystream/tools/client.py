@@ -141,6 +141,20 @@ class PaystreamClient:
         assert self._token is not None
         return self._token
 
+    @stamina.retry(on=_rate_limited, attempts=20, timeout=120.0)
+    async def sign_in_user(self, username: str, password: str) -> dict[str, Any]:
+        """A wallet user's tokens (the password grant through this client; no secret sent, as
+        a wallet app would). A 429 of the token endpoint's limit is waited out as in `call`."""
+        response = await self.http.post(
+            "/oauth/token",
+            data={"grant_type": "password", "client_id": self._client_id, "username": username,
+                  "password": password},
+        )
+        if response.status_code != 200:
+            raise ApiError(response)
+        tokens: dict[str, Any] = response.json()
+        return tokens
+
     async def request(
         self, method: str, path: str, *, json_body: Any = None, idempotency_key: str | None = None,
         params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,

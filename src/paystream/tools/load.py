@@ -9,6 +9,16 @@ caller's `ReviewDecider` and approved or declined through ``/v1/reviews``.
 
 Times are ``time.perf_counter()`` seconds: API latency is the POST until its answer,
 end-to-end latency the POST being sent until the terminal webhook (or poll) arrived.
+
+At a set rate (``EngineOptions.rate``, open loop) every payment has a due time on a fixed
+schedule (`RateSchedule`), and both latencies count from that due time, not from when the
+POST actually left: a slow answer that holds up later sends shows in their latencies
+instead of quietly thinning the load (no coordinated omission). A send that leaves more
+than `LATE_AFTER_SECONDS` after its due time is *late*; `Lateness` sums them up. What can
+hold a send past its due time: the client's own event loop, the cap on POSTs in flight
+(``concurrency``), and, when each payment goes out through its own sender (``sender_of``:
+one connection per wallet user), that sender still busy with its previous payment — a
+sender carries one request at a time and later ones queue for it in due order.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from rich.console import Console
@@ -34,6 +44,12 @@ from paystream.tools.receiver import PaymentUpdate, WebhookReceiver
 
 TERMINAL = frozenset({"succeeded", "failed", "declined"})
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+LATE_AFTER_SECONDS = 0.010  # a send this long after its due time was not sent on time
+# The client could not keep up when more than KEEP_UP_SHARE of the sends left more than
+# BEHIND_AFTER_SECONDS after their due time: a few sends 10-30 ms late are the jitter of a
+# busy event loop, hundreds of milliseconds is a queue.
+BEHIND_AFTER_SECONDS = 0.100
+KEEP_UP_SHARE = 0.01
 
 T = TypeVar("T")
 
@@ -74,6 +90,7 @@ class Tracked:
 
     spec: PaymentSpec
     sent_at: float = 0.0  # the first POST was sent (at a set rate: when it was due)
+    late_by: float | None = None  # at a set rate: how long after its due time the POST left
     answered_at: float | None = None  # the API accepted it (after any retries)
     payment_id: str | None = None
     api_latency: float | None = None
@@ -115,14 +132,101 @@ class Tracked:
 ReviewDecider = Callable[[PaymentSpec], bool]
 
 
+class Sender(Protocol):
+    """What sends a payment's POST: the shared `PaystreamClient`, or one user's connection."""
+
+    async def request(
+        self, method: str, path: str, *, json_body: Any = None, idempotency_key: str | None = None,
+    ) -> httpx.Response: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RateSchedule:
+    """Open loop at ``rate`` per second from ``start``: payment ``index`` is due at
+    ``start + index / rate``, whatever happened to the ones before it."""
+
+    rate: float
+    start: float
+
+    def due(self, index: int) -> float:
+        return self.start + index / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class Lateness:
+    """How well the sends kept to their schedule (seconds)."""
+
+    scheduled: int
+    late: int
+    behind: int  # of which later than BEHIND_AFTER_SECONDS
+    max_seconds: float
+    p99_seconds: float | None
+    offered_per_second: float  # the rate actually sent: sends over the span they took
+    threshold: float = LATE_AFTER_SECONDS
+
+    @property
+    def share(self) -> float:
+        return self.late / self.scheduled if self.scheduled else 0.0
+
+    @property
+    def kept_up(self) -> bool:
+        return (self.behind / self.scheduled if self.scheduled else 0.0) <= KEEP_UP_SHARE
+
+    def line(self) -> str:
+        """One line for the report; it says plainly when the client could not keep up."""
+        counted = (f"{self.late:,} of {self.scheduled:,} sent late (more than "
+                   f"{self.threshold * 1000:g} ms after their due time, {self.share:.1%}), "
+                   f"max lateness {self.max_seconds * 1000:,.1f} ms")
+        if self.kept_up:
+            return f"the client kept to the schedule: {counted}"
+        return (f"the client could not keep up: {counted}, {self.behind:,} of them more than "
+                f"{BEHIND_AFTER_SECONDS * 1000:g} ms; it sent {self.offered_per_second:,.1f}/s, and every "
+                "late send's latencies count from its due time")
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "late_threshold_seconds": self.threshold,
+            "scheduled": self.scheduled,
+            "late": self.late,
+            "late_share": round(self.share, 4),
+            "late_by_more_than_100ms": self.behind,
+            "max_lateness_seconds": round(self.max_seconds, 4),
+            "lateness_p99_seconds": None if self.p99_seconds is None else round(self.p99_seconds, 4),
+            "offered_per_second": round(self.offered_per_second, 1),
+            "kept_up": self.kept_up,
+        }
+
+
+def lateness_of(tracked: Sequence[Tracked], threshold: float = LATE_AFTER_SECONDS) -> Lateness:
+    """Sum up the lateness of the payments sent at a rate (those with a ``late_by``)."""
+    delays = [t.late_by for t in tracked if t.late_by is not None]
+    scheduled = [t for t in tracked if t.late_by is not None]
+    span = 0.0
+    if scheduled:
+        first_due = min(t.sent_at for t in scheduled)
+        last_sent = max(t.sent_at + (t.late_by or 0.0) for t in scheduled)
+        span = last_sent - first_due
+    offered = (len(scheduled) - 1) / span if len(scheduled) > 1 and span > 0 else 0.0
+    return Lateness(
+        scheduled=len(delays),
+        late=sum(1 for d in delays if d > threshold),
+        behind=sum(1 for d in delays if d > BEHIND_AFTER_SECONDS),
+        max_seconds=max(delays, default=0.0),
+        p99_seconds=percentile(delays, 99),
+        offered_per_second=offered,
+        threshold=threshold,
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
     """How hard and how long the engine pushes."""
 
     concurrency: int = 32  # POSTs in flight at most
     # Open loop: start a POST every 1/rate seconds whatever the answers, as real clients do
-    # (``concurrency`` then only caps how many wait at once); None: closed loop, each of
-    # ``concurrency`` workers sends its next one when the last is answered.
+    # (``concurrency`` then only caps how many are in flight at once, and a send the cap
+    # holds past its due time counts as late); None: closed loop, each of ``concurrency``
+    # workers sends its next one when the last is answered.
     rate: float | None = None
     poll_after: float = 15.0  # seconds without news about a payment before polling it
     poll_concurrency: int = 4
@@ -150,6 +254,9 @@ class LoadResult:
     first_sent: float
     polls: int
     reviews_decided: int
+    rate: float | None = None  # the open-loop rate it was sent at; None: closed loop
+    waited_for_cap: int = 0  # at a rate: sends that found every in-flight slot taken
+    waited_for_sender: int = 0  # sends whose sender (a user's connection) was still busy
 
     @property
     def sent(self) -> int:
@@ -225,6 +332,11 @@ class LoadResult:
             "statuses": {f"{s}/{c}" if c else s: n for (s, c), n in sorted(self.outcomes().items())},
             "rejections": dict(self.rejections()),
             "learned_by": dict(self.learned_by()),
+            **({} if self.rate is None else {"schedule": {
+                "rate": self.rate, **lateness_of(self.tracked).figures(),
+                "waited_for_in_flight_cap": self.waited_for_cap,
+                "waited_for_busy_sender": self.waited_for_sender,
+            }}),
         }
 
 
@@ -238,11 +350,14 @@ class LoadEngine:
         options: EngineOptions | None = None,
         *,
         decide_review: ReviewDecider | None = None,
+        sender_of: Callable[[PaymentSpec], Sender] | None = None,
     ) -> None:
         self._client = client
         self._receiver = receiver
         self._options = options or EngineOptions()
         self._decide_review = decide_review
+        self._sender_of = sender_of
+        self._lanes: dict[int, asyncio.Lock] = {}  # id(sender) → its one request at a time
         self._tracked: list[Tracked] = []
         self._by_id: dict[str, Tracked] = {}
         self._open: dict[str, Tracked] = {}
@@ -256,6 +371,8 @@ class LoadEngine:
         self.sent = 0
         self.settled = 0
         self.rejected = 0
+        self.waited_for_cap = 0
+        self.waited_for_sender = 0
         self.answers: Counter[int] = Counter()  # every HTTP status the POSTs got, retries too
 
     @property
@@ -284,7 +401,8 @@ class LoadEngine:
                     await task
         return LoadResult(
             tracked=self._tracked, submit_seconds=submit_seconds, first_sent=first_sent,
-            polls=self.polls, reviews_decided=self.reviews_decided,
+            polls=self.polls, reviews_decided=self.reviews_decided, rate=self._options.rate,
+            waited_for_cap=self.waited_for_cap, waited_for_sender=self.waited_for_sender,
         )
 
     def _reset(self, specs: Iterable[PaymentSpec]) -> None:
@@ -297,6 +415,8 @@ class LoadEngine:
         self._done.clear()
         self._last_progress = time.perf_counter()
         self.polls = self.reviews_decided = self.sent = self.settled = self.rejected = 0
+        self.waited_for_cap = self.waited_for_sender = 0
+        self._lanes.clear()
         self.answers.clear()
 
     # -- submission ------------------------------------------------------------------------
@@ -310,18 +430,31 @@ class LoadEngine:
         await asyncio.gather(*(self._submit_worker(pending) for _ in range(workers)))
 
     async def _submit_at_rate(self, rate: float) -> None:
-        """One POST due every 1/rate s; a late answer delays none of the next ones."""
+        """One POST due every 1/rate s; a late answer delays none of the next ones. The
+        schedule is fixed at the start: a loop that wakes late starts every send already due
+        at once (each then late by as much), it never shifts the ones after."""
         slots = asyncio.Semaphore(self._options.concurrency)
-        start = time.perf_counter()
+        schedule = RateSchedule(rate, time.perf_counter())
         tasks: list[asyncio.Task[None]] = []
 
         async def one(tracked: Tracked, due: float) -> None:
-            async with slots:
-                await self._submit(tracked, due=due)
+            sender: Sender = self._client
+            lane: asyncio.Lock | contextlib.nullcontext[None] = contextlib.nullcontext()
+            if self._sender_of is not None:
+                sender = self._sender_of(tracked.spec)
+                lane = self._lanes.setdefault(id(sender), asyncio.Lock())
+                if lane.locked():
+                    self.waited_for_sender += 1
+            async with lane:
+                if slots.locked():
+                    self.waited_for_cap += 1
+                async with slots:
+                    tracked.late_by = max(0.0, time.perf_counter() - due)
+                    await self._submit(tracked, due=due, sender=sender)
             self.sent += 1
 
         for index, tracked in enumerate(self._tracked):
-            due = start + index / rate
+            due = schedule.due(index)
             wait = due - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -333,10 +466,11 @@ class LoadEngine:
             await self._submit(tracked)
             self.sent += 1
 
-    async def _submit(self, tracked: Tracked, *, due: float | None = None) -> None:
+    async def _submit(self, tracked: Tracked, *, due: float | None = None, sender: Sender | None = None) -> None:
         """POST one payment, retrying with the same key when that is safe and useful. At a
         set rate its latencies count from when it was ``due``, so a queue before the POST
         shows in them (no coordinated omission)."""
+        sender = sender or self._client
         path, body = tracked.spec.request()
         tracked.sent_at = time.perf_counter() if due is None else due
         outcome = "no answer"
@@ -345,7 +479,7 @@ class LoadEngine:
                 await asyncio.sleep(0.2 * 2**attempt)
             began = time.perf_counter()
             try:
-                response = await self._client.request(
+                response = await sender.request(
                     "POST", path, json_body=body, idempotency_key=tracked.spec.key
                 )
             except httpx.TransportError as exc:
@@ -353,7 +487,7 @@ class LoadEngine:
                 continue
             self.answers[response.status_code] += 1
             if response.status_code == 202:
-                self._accept(tracked, response.json(), time.perf_counter() - began)
+                self._accept(tracked, response.json(), time.perf_counter() - (began if due is None else due))
                 return
             outcome = f"{response.status_code} {_problem_code(response)}"
             if response.status_code not in RETRYABLE_STATUSES:
@@ -609,4 +743,12 @@ def performance_table(result: LoadResult, title: str = "Throughput and latency")
     reviewed = result.end_to_end(reviewed=True)
     if reviewed:
         table.add_row("end-to-end p50, via human review", milliseconds(percentile(reviewed, 50)))
+    if result.rate is not None:
+        late = lateness_of(result.tracked)
+        table.add_row("scheduled rate / sent at", f"{result.rate:,.1f}/s / {late.offered_per_second:,.1f}/s")
+        table.add_row(f"sent late (> {late.threshold * 1000:g} ms after due)",
+                      f"{late.late:,} of {late.scheduled:,} ({late.share:.1%})")
+        table.add_row("lateness p99 / max", f"{milliseconds(late.p99_seconds)} / {milliseconds(late.max_seconds)}")
+        table.add_row("sends held by the in-flight cap / a busy sender",
+                      f"{result.waited_for_cap:,} / {result.waited_for_sender:,}")
     return table
