@@ -57,13 +57,13 @@ def group_of(process: psutil.Process, bench_pid: int) -> str | None:
     if "redis" in name:
         return "Redis"
     if "serve" in cmdline:
-        return cmdline[cmdline.index("serve") + 1]
+        return str(cmdline[cmdline.index("serve") + 1])
     return None
 
 
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
-    return times.user + times.system + times.children_user + times.children_system
+    return float(times.user + times.system + times.children_user + times.children_system)
 
 
 def snapshot(supervisor: psutil.Process, bench_pid: int) -> dict[int, tuple[str, float]]:
@@ -161,10 +161,12 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("profile-pipeline"))
+    parser.add_argument("--no-profile", action="store_true",
+                        help="CPU per process only: py-spy's sampling takes CPU of the same cores")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).with_name("py-spy")
-    if not py_spy.exists():
+    if not py_spy.exists() and not args.no_profile:
         raise SystemExit("py-spy is not installed in this environment (it is in paystream's test extra)")
 
     home = Path(tempfile.mkdtemp(prefix="paystream-profile-"))
@@ -186,7 +188,7 @@ def main() -> None:
                  "--output", str(args.out / f"{name}.txt"), "--nonblocking"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(args.out / f"{name}.spy.log").open("wb"),
             )
-            for name, pid in service_pids(stack).items()
+            for name, pid in ({} if args.no_profile else service_pids(stack)).items()
         }
         started = time.monotonic()
         after = before
@@ -226,7 +228,7 @@ def main() -> None:
         lines.append(f"| {group} | {seconds:.1f} | {seconds / total_cpu:.1%} | {seconds / payments * 1000:.2f} ms |")
     lines.append(f"| **all** | {total_cpu:.1f} | 100 % | {total_cpu / payments * 1000:.2f} ms |")
     profiles: dict[str, Any] = {}
-    for name in sorted(service_pids(stack)):
+    for name in [] if args.no_profile else sorted(service_pids(stack)):
         path = args.out / f"{name}.txt"
         if not path.exists():
             lines += ["", f"## {name}: no profile (see {name}.spy.log)"]
