@@ -20,24 +20,25 @@ flame graphs: ``flamegraph.pl``, speedscope) and ``DIR/profile.json``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import psutil
+from rich.console import Console
 
-from paystream.stack.place import purge
+from paystream.tools.fresh import fresh_stack
 
-START_TIMEOUT = 180.0
 SAMPLE_RATE = 50
+Snapshot = dict[int, tuple[str, float]]  # pid -> (its row, CPU-seconds)
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]+)(?::\d+)?\)$")
 
 
@@ -66,7 +67,7 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system + times.children_user + times.children_system)
 
 
-def snapshot(supervisor: psutil.Process, bench_pid: int) -> dict[int, tuple[str, float]]:
+def snapshot(supervisor: psutil.Process, bench_pid: int) -> Snapshot:
     seen: dict[int, tuple[str, float]] = {}
     candidates = [*supervisor.children(recursive=True)]
     try:
@@ -84,7 +85,7 @@ def snapshot(supervisor: psutil.Process, bench_pid: int) -> dict[int, tuple[str,
     return seen
 
 
-def cpu_by_group(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+def cpu_by_group(before: Snapshot, after: Snapshot) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for pid, (group, seconds) in after.items():
         totals[group] += seconds - before.get(pid, (group, 0.0))[1]
@@ -137,22 +138,44 @@ def profile_table(collapsed: str, top: int = 12) -> tuple[int, list[tuple[str, f
             [(name, count / total) for name, count in inclusive.most_common(top)])
 
 
-def start_stack(home: Path, log: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "paystream", "up", "--home", str(home), "--auto-ports", "--allow-local-webhooks"],
-        stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + START_TIMEOUT
-    while not (home / "stack.json").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the stack did not start; see {log}")
-        time.sleep(0.2)
-    return process
-
-
 def service_pids(stack: dict[str, Any]) -> dict[str, int]:
     return {name: pid for name, pid in stack["pids"].items()
             if name.split("-")[0] in {"gateway", "payments", "fraud", "ledger", "notifications"}}
+
+
+async def measure(args: argparse.Namespace, py_spy: Path) -> tuple[dict[str, Any], Snapshot, Snapshot, float]:
+    """Run the bench against a stack of its own with py-spy on every service; the stack's
+    description, the CPU snapshots before and after, and the seconds the bench took."""
+    async with fresh_stack(Console(stderr=True), prefix="paystream-profile-") as home:
+        stack = json.loads((home / "stack.json").read_text())
+        supervisor = psutil.Process(stack["supervisor_pid"])
+        with (args.out / "bench.out").open("wb") as bench_log:
+            bench = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "paystream", "bench", "--home", str(home), "--payments", str(args.payments),
+                "--accounts", str(args.accounts), "--concurrency", str(args.concurrency),
+                "--json", str(args.out / "bench.json"),
+                stdin=subprocess.DEVNULL, stdout=bench_log, stderr=subprocess.STDOUT,
+            )
+        before = after = snapshot(supervisor, bench.pid)
+        spies = []
+        for name, pid in ({} if args.no_profile else service_pids(stack)).items():
+            with (args.out / f"{name}.spy.log").open("wb") as spy_log:
+                spies.append(await asyncio.create_subprocess_exec(
+                    str(py_spy), "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--format", "raw",
+                    "--output", str(args.out / f"{name}.txt"), "--nonblocking",
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=spy_log,
+                ))
+        started = time.monotonic()
+        finished = asyncio.ensure_future(bench.wait())
+        while not finished.done():  # the bench client's own CPU is lost once it exits: sample as it goes
+            after = {**after, **snapshot(supervisor, bench.pid)}
+            await asyncio.wait({finished}, timeout=0.5)
+        after = {**after, **snapshot(supervisor, bench.pid)}
+        elapsed = time.monotonic() - started
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        await asyncio.wait_for(asyncio.gather(*(spy.wait() for spy in spies)), 60)
+    return stack, before, after, elapsed
 
 
 def main() -> None:
@@ -169,45 +192,7 @@ def main() -> None:
     if not py_spy.exists() and not args.no_profile:
         raise SystemExit("py-spy is not installed in this environment (it is in paystream's test extra)")
 
-    home = Path(tempfile.mkdtemp(prefix="paystream-profile-"))
-    up = start_stack(home, args.out / "up.out")
-    try:
-        stack = json.loads((home / "stack.json").read_text())
-        supervisor = psutil.Process(stack["supervisor_pid"])
-        time.sleep(3)  # let start-up work settle out of the figures
-        bench = subprocess.Popen(
-            [sys.executable, "-m", "paystream", "bench", "--home", str(home), "--payments", str(args.payments),
-             "--accounts", str(args.accounts), "--concurrency", str(args.concurrency),
-             "--json", str(args.out / "bench.json")],
-            stdin=subprocess.DEVNULL, stdout=(args.out / "bench.out").open("wb"), stderr=subprocess.STDOUT,
-        )
-        before = snapshot(supervisor, bench.pid)
-        spies = {
-            name: subprocess.Popen(
-                [str(py_spy), "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--format", "raw",
-                 "--output", str(args.out / f"{name}.txt"), "--nonblocking"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(args.out / f"{name}.spy.log").open("wb"),
-            )
-            for name, pid in ({} if args.no_profile else service_pids(stack)).items()
-        }
-        started = time.monotonic()
-        after = before
-        while bench.poll() is None:  # the bench client's own CPU is lost once it exits: sample as it goes
-            after = {**after, **snapshot(supervisor, bench.pid)}
-            time.sleep(0.5)
-        after = {**after, **snapshot(supervisor, bench.pid)}
-        elapsed = time.monotonic() - started
-        for spy in spies.values():
-            spy.send_signal(signal.SIGINT)
-        for spy in spies.values():
-            spy.wait(60)
-    finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(120)
-        except subprocess.TimeoutExpired:
-            up.kill()
-        purge(home)
+    stack, before, after, elapsed = asyncio.run(measure(args, py_spy))
 
     figures = json.loads((args.out / "bench.json").read_text()) if (args.out / "bench.json").exists() else {}
     payments = args.payments + args.accounts  # transfers + the deposits that fund the wallets

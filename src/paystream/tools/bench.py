@@ -42,7 +42,6 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from paystream.platform.config import load_settings
 from paystream.platform.limits import raise_open_files
@@ -58,6 +57,7 @@ from paystream.tools.load import (
     lateness_of,
     outcome_table,
     performance_table,
+    progress_bars,
     registered_receiver,
     run_with_progress,
 )
@@ -294,9 +294,8 @@ async def _report(result: LoadResult, options: BenchOptions, info: StackInfo, co
         **result.figures(),
         "invariants_ok": report.ok,
     }
-    keep_up = None
-    if options.rate is not None:
-        lateness = lateness_of(result.tracked)
+    lateness = None if options.rate is None else lateness_of(result.tracked)
+    if lateness is not None:
         keep_up = lateness.line()
         console.print(keep_up if lateness.kept_up else f"[bold yellow]{keep_up}[/bold yellow]",
                       soft_wrap=True)
@@ -317,7 +316,7 @@ async def _report(result: LoadResult, options: BenchOptions, info: StackInfo, co
         console.print(f"figures written to {options.json_path}")
     if ok:
         console.print("[bold green]bench passed[/bold green]" + (
-            "" if keep_up is None or lateness_of(result.tracked).kept_up
+            "" if lateness is None or lateness.kept_up
             else " (but the client could not keep up with the rate: see above)"))
     else:
         console.print(f"[bold red]bench FAILED[/bold red]: {succeeded} of {payments} succeeded, "
@@ -327,8 +326,7 @@ async def _report(result: LoadResult, options: BenchOptions, info: StackInfo, co
 
 async def _users_with_progress(client: PaystreamClient, info: StackInfo, count: int,
                                console: Console) -> UsersReady:
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with progress_bars(console) as progress:
         task = progress.add_task("setup: users", total=count)
         return await set_up_users(client, info, count,
                                   progress=lambda done: progress.update(task, completed=done))

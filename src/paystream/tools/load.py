@@ -686,14 +686,17 @@ async def create_wallets(client: PaystreamClient, count: int, *, concurrency: in
     return [str(account["id"]) for account in accounts]
 
 
+def progress_bars(console: Console) -> Progress:
+    """The tools' progress display: a label, the bar, done of total, the time taken."""
+    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
 async def run_with_progress(
     engine: LoadEngine, specs: Sequence[PaymentSpec], console: Console, label: str
 ) -> LoadResult:
     """`engine.run` with two progress bars: submitted and terminal."""
-    columns = (
-        TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with progress_bars(console) as progress:
         submitted = progress.add_task(f"{label}: submitted", total=len(specs))
         finished = progress.add_task(f"{label}: terminal", total=len(specs))
         running = asyncio.create_task(engine.run(specs))
