@@ -170,6 +170,34 @@ async def test_recreated_consumer_replays_the_stream_from_the_start(harness: Har
     assert [d.num_delivered for d in deliveries] == [1, 1]
 
 
+async def test_redeliver_in_flight_hands_unsettled_messages_to_the_next_fetch(harness: Harness) -> None:
+    # A partition's old owner died holding "two": its new owner must get it now, not after
+    # ack_wait, and then "three"; "one" was settled and is not the new owner's business.
+    spec = await harness.consumer()
+    dead = await harness.bus.subscribe(spec)
+    await harness.publish(harness.message(b"one", "m1"), harness.message(b"two", "m2"))
+    first, _held = await fetch_n(dead, 2)
+    await first.ack()
+    await harness.publish(harness.message(b"three", "m3"))
+
+    async def two_held_by_nobody_alive() -> bool:
+        return (await harness.bus.consumer_state(spec)).in_flight == 1
+
+    await eventually(two_held_by_nobody_alive)
+    await harness.bus.redeliver_in_flight(spec)
+    heir = await harness.bus.subscribe(spec)
+
+    deliveries = await fetch_n(heir, 2)
+    assert [d.data for d in deliveries] == [b"two", b"three"]
+    for delivery in deliveries:
+        await delivery.ack()
+
+    async def all_settled() -> bool:
+        return (await harness.bus.consumer_state(spec)).pending == 0
+
+    await eventually(all_settled)
+
+
 async def test_publish_to_a_subject_no_stream_captures_raises_transient_error(
     harness: Harness,
 ) -> None:

@@ -99,3 +99,12 @@ def test_counter_increase_survives_a_restart_and_lag_is_summed_over_consumers() 
     sampler._add("paystream_consumer_lag", {"instance": "ledger", "consumer": "ledger"}, 1.0, 3.0)
     sampler._add("paystream_consumer_lag", {"instance": "ledger", "consumer": "ledger"}, 2.0, 0.0)
     assert sampler.lag_by_tick() == [(1.0, 10.0), (2.0, 0.0)]
+    assert sampler.lag_at_end() == {}  # ledger's 0 at the last tick; fraud reported none there
+
+
+def test_lag_at_end_names_the_consumers_still_waiting() -> None:
+    sampler = Sampler(None, Timeline())  # type: ignore[arg-type]  # no stack: nothing is scraped
+    for at, fraud, ledger in ((1.0, 4.0, 2.0), (2.0, 3.0, 0.0)):
+        sampler._add("paystream_consumer_lag", {"instance": "fraud", "consumer": "fraud"}, at, fraud)
+        sampler._add("paystream_consumer_lag", {"instance": "ledger", "consumer": "ledger"}, at, ledger)
+    assert sampler.lag_at_end() == {"fraud": 3.0}

@@ -217,16 +217,34 @@ class NatsBus:
 
     async def redeliver_in_flight(self, consumer: ConsumerSpec) -> None:
         # JetStream cannot take messages back from the client that fetched them before
-        # ack_wait. So the durable is made again, starting after its ack floor: what
-        # follows the floor comes again in stream order (the inbox drops what was applied).
+        # ack_wait. A consumer reset (ADR-60, nats-server >= 2.14) rewinds the durable in
+        # place to one above its ack floor: what follows the floor comes again in stream
+        # order (the inbox drops what was applied), and the durable never stops existing,
+        # so a process killed in the middle loses nothing.
+        try:
+            await self._js.reset_consumer(consumer.stream, consumer.durable, timeout=2)
+        except (nats.errors.NoRespondersError, nats.js.errors.APIError) as exc:
+            if isinstance(exc, nats.js.errors.NotFoundError):
+                raise TransientError(f"cannot reset {consumer.durable}: {exc!r}") from exc
+            log.warning("consumer_reset_unsupported", consumer=consumer.durable, error=repr(exc))
+            await self._remake(consumer)
+            return
+        except _NATS_ERRORS as exc:
+            raise TransientError(f"cannot reset {consumer.durable}: {exc!r}") from exc
+        log.warning("consumer_reset", consumer=consumer.durable)
+
+    async def _remake(self, consumer: ConsumerSpec) -> None:
+        """A server without the reset API: make the durable again after its ack floor. A
+        process killed between the delete and the add leaves no durable until the stack's
+        provisioning (``paystream up``, ``paystream migrate``) runs again."""
         try:
             info = await self._js.consumer_info(consumer.stream, consumer.durable, timeout=2)
             floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
             await self._js.delete_consumer(consumer.stream, consumer.durable)
             await self._js.add_consumer(consumer.stream, _consumer_config(consumer, start_after=floor))
         except _NATS_ERRORS as exc:
-            raise TransientError(f"cannot reset {consumer.durable}: {exc!r}") from exc
-        log.warning("consumer_reset", consumer=consumer.durable, after_seq=floor)
+            raise TransientError(f"cannot remake {consumer.durable}: {exc!r}") from exc
+        log.warning("consumer_remade", consumer=consumer.durable, after_seq=floor)
 
     async def ensure_topology(
         self, streams: Sequence[StreamSpec], consumers: Sequence[ConsumerSpec]
