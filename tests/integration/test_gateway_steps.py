@@ -1,8 +1,10 @@
 """The gateway's stateful request-path steps, each driven alone against a real server:
-`RateLimit` on Redis, `Idempotency` and `Audit` on a migrated gateway schema in PostgreSQL."""
+`RateLimit` on Redis, `Idempotency` and `Audit` on a migrated gateway schema in PostgreSQL;
+then the order in which `Pipeline` composes them, up to (never into) forwarding."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -11,11 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from paystream.gateway.audit import Audit
+from paystream.gateway.authenticate import Authenticate
 from paystream.gateway.domain import Principal
 from paystream.gateway.edge import ApiError
+from paystream.gateway.forward import Forward
 from paystream.gateway.idempotency import Idempotency, Keep
+from paystream.gateway.identity.keys import load_key, new_signing_key
+from paystream.gateway.identity.tokens import TokenService
+from paystream.gateway.pipeline import Pipeline
 from paystream.gateway.rate_limit import Limit, RateLimit, RateLimiter
 from paystream.gateway.rate_limit import redis_client as limiter_redis
+from paystream.gateway.routes import ROUTES
 from paystream.stack.ports import free_port
 
 PRINCIPAL = Principal(client_id="cli_steps", tenant_id="t1", scopes=frozenset({"payments:write"}),
@@ -208,3 +216,74 @@ async def test_audited_adds_nothing_when_idempotency_already_wrote_the_record(ga
 
     await Audit(gateway.pool).audited("POST /v1/payments", _request("k1"), call)
     assert len(await _audit_rows(gateway)) == 1
+
+
+# -- the composed path: its order, before anything is forwarded --------------------------
+
+
+def _pipeline(gateway: Any, redis_client: Any, uid: str, tokens: TokenService, money: str = "100/60s") -> Pipeline:
+    """No service to forward to: a request that got as far as forwarding would fail the test."""
+    limiter = RateLimiter(redis_client, {"money": Limit.parse(money)}, fail_closed=frozenset(), prefix=uid)
+    return Pipeline(authenticate=Authenticate(tokens), rate_limit=RateLimit(limiter),
+                    idempotency=Idempotency(gateway.pool), forward=Forward({}), audit=Audit(gateway.pool))
+
+
+def _tokens() -> TokenService:
+    tokens = TokenService(issuer="https://issuer.test", audience="paystream", ttl_seconds=300)
+    kid, pem, _ = new_signing_key()
+    tokens.set_keys([load_key(kid, pem, time.time())])
+    return tokens
+
+
+def _payment_request(token: str | None, **headers: str) -> Request:
+    raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    if token is not None:
+        raw.append((b"authorization", f"Bearer {token}".encode()))
+    body = b'{"amount": 1}'
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/v1/payments", "query_string": b"",
+                    "headers": raw, "client": ("203.0.113.9", 5000), "path_params": {}}, receive)
+
+
+PAYMENTS = next(r for r in ROUTES if (r.method, r.path) == ("POST", "/v1/payments"))
+
+
+async def test_the_pipeline_answers_401_without_a_token(gateway: Any, redis_client: Any, uid: str) -> None:
+    response = await _pipeline(gateway, redis_client, uid, _tokens()).handle(PAYMENTS, _payment_request(None))
+    assert response.status_code == 401
+
+
+async def test_the_pipeline_rate_limits_before_it_authenticates(gateway: Any, redis_client: Any, uid: str) -> None:
+    pipeline = _pipeline(gateway, redis_client, uid, _tokens(), money="1/60s")
+    first = await pipeline.handle(PAYMENTS, _payment_request(None))
+    second = await pipeline.handle(PAYMENTS, _payment_request(None))
+    assert (first.status_code, second.status_code) == (401, 429)
+
+
+async def test_the_pipeline_answers_403_for_a_token_without_the_route_scope(
+    gateway: Any, redis_client: Any, uid: str
+) -> None:
+    tokens = _tokens()
+    token = tokens.issue(client_id="cli_a", tenant_id="t1", scopes=frozenset({"payments:read"}))
+    response = await _pipeline(gateway, redis_client, uid, tokens).handle(PAYMENTS, _payment_request(token))
+    assert response.status_code == 403
+    assert orjson.loads(bytes(response.body))["code"] == "insufficient_scope"
+
+
+async def test_the_pipeline_refuses_a_body_that_does_not_fit_before_the_key_is_looked_at(
+    gateway: Any, redis_client: Any, uid: str
+) -> None:
+    tokens = _tokens()
+    token = tokens.issue(client_id="cli_a", tenant_id="t1", scopes=frozenset({"payments:write"}))
+    response = await _pipeline(gateway, redis_client, uid, tokens).handle(PAYMENTS, _payment_request(token))
+    assert response.status_code == 422  # {"amount": 1} is not a payment, and no key was sent
+
+
+async def test_the_pipeline_answers_an_unauthenticated_request_without_a_correlation_id(
+    gateway: Any, redis_client: Any, uid: str
+) -> None:
+    response = await _pipeline(gateway, redis_client, uid, _tokens()).handle(PAYMENTS, _payment_request(None))
+    assert "x-correlation-id" not in response.headers
