@@ -16,7 +16,7 @@ from paystream.gateway.authenticate import Authenticate, insufficient_scope, una
 from paystream.gateway.edge import ApiError
 from paystream.gateway.forward import Invalid, nul_in_params, read_body
 from paystream.gateway.idempotency import SHOWN_AS_STORED, key_refused, without_secret
-from paystream.gateway.identity.keys import load_key, new_signing_key
+from paystream.gateway.identity.keys import SigningKey, load_key, new_signing_key
 from paystream.gateway.identity.tokens import TokenService
 
 
@@ -39,10 +39,12 @@ def _request(headers: dict[str, str] | None = None, body: bytes = b"", query: st
     return Request(scope, receive)
 
 
-def _tokens() -> TokenService:
-    tokens = TokenService(issuer="https://issuer.test", audience="paystream", ttl_seconds=300)
-    kid, pem, _ = new_signing_key()
-    tokens.set_keys([load_key(kid, pem, time.time())])
+def _tokens(audience: str = "paystream", key: SigningKey | None = None) -> TokenService:
+    tokens = TokenService(issuer="https://issuer.test", audience=audience, ttl_seconds=300)
+    if key is None:
+        kid, pem, _ = new_signing_key()
+        key = load_key(kid, pem, time.time())
+    tokens.set_keys([key])
     return tokens
 
 
@@ -80,11 +82,10 @@ def test_authenticate_finds_no_caller_for_a_token_signed_by_another_key() -> Non
 
 
 def test_authenticate_finds_no_caller_for_a_token_of_another_audience() -> None:
-    other = TokenService(issuer="https://issuer.test", audience="elsewhere", ttl_seconds=300)
-    tokens = _tokens()
-    other.set_keys(list(tokens._keys.values()))
-    token = other.issue(client_id="cli_a", tenant_id="t1", scopes=frozenset())
-    assert Authenticate(tokens)(_request(_bearer(token))) is None
+    kid, pem, _ = new_signing_key()
+    key = load_key(kid, pem, time.time())
+    token = _tokens("elsewhere", key).issue(client_id="cli_a", tenant_id="t1", scopes=frozenset())
+    assert Authenticate(_tokens("paystream", key))(_request(_bearer(token))) is None
 
 
 def test_unauthorized_is_a_401_problem_with_a_bearer_challenge() -> None:
