@@ -291,7 +291,8 @@ def keys_rotate(
         help="Add a key-encryption key version and re-wrap the vault's data keys.")] = True,
 ) -> None:
     """Rotate keys without downtime: signing keys, and the vault's key-encryption key."""
-    from paystream.gateway.keys import rotate_encryption_key, rotate_signing_key
+    from paystream.gateway.identity.keys import rotate_signing_key
+    from paystream.gateway.vault.store import rotate_encryption_key
 
     try:
         if signing:
@@ -330,7 +331,7 @@ def clients_create(
     from pydantic import ValidationError
 
     from paystream.contracts.api import ClientCreate
-    from paystream.gateway.keys import create_client
+    from paystream.gateway.identity.clients import create_client
 
     try:
         spec = ClientCreate.model_validate({"name": name, "tenant": tenant, "scopes": scope})
@@ -357,7 +358,7 @@ app.add_typer(audit_app, name="audit")
 def audit_verify(home: HomeOption = Path(".paystream")) -> None:
     """Recompute the audit log's hash chain from the database and name any broken link."""
     from paystream.gateway.audit import verify
-    from paystream.gateway.keys import gateway_pool
+    from paystream.gateway.store import gateway_pool
 
     async def run() -> object:
         pool = await gateway_pool(home)

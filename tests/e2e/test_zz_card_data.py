@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from paystream.gateway.cards import luhn_valid
+from paystream.gateway.vault.numbers import luhn_valid
 from paystream.tools.client import PaystreamClient
 
 from .stack import UpProcess

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from paystream.gateway.ratelimit import Limit, LimiterUnavailable, RateLimiter
-from paystream.gateway.ratelimit import redis_client as limiter_redis
+from paystream.gateway.rate_limit import Limit, LimiterUnavailable, RateLimiter
+from paystream.gateway.rate_limit import redis_client as limiter_redis
 from paystream.stack.ports import free_port
 
 

@@ -32,7 +32,8 @@ from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore
 from paystream.fraud.velocity import VelocityCounter
 from paystream.gateway.domain import idempotency_verdict
-from paystream.gateway.store import LEASE, ClientStore, IdempotencyStore, secret_matches
+from paystream.gateway.identity.clients import ClientStore, secret_matches
+from paystream.gateway.store import LEASE, IdempotencyStore
 from paystream.ledger.domain import (
     BatchResult,
     Posted,
@@ -844,8 +845,7 @@ async def test_gateway_client_secret_is_stored_only_as_a_hash(gateway: Any) -> N
 
 
 async def test_rotating_keys_retires_the_old_ones_once_their_tokens_have_expired(make_schema: Any) -> None:
-    from paystream.gateway.store import KeyStore
-    from paystream.gateway.tokens import ALGORITHM, new_signing_key
+    from paystream.gateway.identity.keys import ALGORITHM, KeyStore, new_signing_key
 
     db = await make_schema("gateway")
     store = KeyStore()

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
-from paystream.gateway.users import LOCKOUT, MAX_FAILURES, UserExists
-from paystream.gateway.users import UserStore as _UserStore
+from paystream.gateway.identity.users import LOCKOUT, MAX_FAILURES, UserExists
+from paystream.gateway.identity.users import UserStore as _UserStore
 from paystream.platform.crypto import FileKeyring
 
 KEYRING = FileKeyring({"active": "v1", "keks": {"v1": base64.b64encode(secrets.token_bytes(32)).decode()},

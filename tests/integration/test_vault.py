@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from paystream.gateway.cards import parse_number
-from paystream.gateway.vault import CardVault
+from paystream.gateway.vault.numbers import parse_number
+from paystream.gateway.vault.store import CardVault
 from paystream.platform.crypto import FileKeyring
 
 NUMBER = "4242424242424242"

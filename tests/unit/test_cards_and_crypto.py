@@ -8,7 +8,7 @@ import secrets
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from paystream.gateway.cards import CardRejected, brand_of, check_cvc, check_expiry, luhn_valid, parse_number
+from paystream.gateway.vault.numbers import CardRejected, brand_of, check_cvc, check_expiry, luhn_valid, parse_number
 from paystream.platform.crypto import FileKeyring, open_sealed, rewrap, seal
 
 

@@ -8,20 +8,29 @@ The database refuses any change to a chained record and any deletion, for everyo
 a superuser with triggers off — and `verify` (``paystream audit verify``) finds that too:
 it recomputes every hash from the rows alone and names the first record that breaks the
 chain, a gap in the sequence, or a head that does not match.
+
+`Audit.audited` is the step of the request path that appends a state-changing request's
+record, whatever its outcome (or leaves it to the idempotency step, which writes it in the
+same transaction as the stored answer); `audit_record` says what the record holds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response
 
+from paystream.gateway.domain import Principal
+from paystream.gateway.edge import object_id
+from paystream.platform.errors import DomainError
 from paystream.platform.observability import get_logger
 
 log = get_logger(__name__)
@@ -167,3 +176,52 @@ async def verify(conn: asyncpg.Connection) -> VerifyReport:
         "AND at < clock_timestamp() - make_interval(secs => $1)", UNCHAINED_GRACE_SECONDS,
     )
     return verify_rows(rows, head, stale_unchained=int(stale))
+
+
+def audit_record(action: str, request: Request, status: int, response: Response | None) -> AuditRecord:
+    """The record of a request that got ``status`` (and ``response``, when there is one)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return AuditRecord(
+        actor=principal.client_id if principal else getattr(request.state, "actor", None) or "anonymous",
+        user_id=principal.user_id if principal else None,
+        tenant_id=principal.tenant_id if principal else None,
+        source=request.client.host if request.client else "unknown",
+        action=action,
+        outcome=status,
+        object_id=getattr(request.state, "object_id", None) or (
+            object_id(bytes(response.body)) if response is not None and status < 300 else None
+        ),
+        correlation_id=response.headers.get("x-correlation-id") if response is not None else None,
+    )
+
+
+class Audit:
+    """The audited step: a state-changing request, then its record."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def audited(
+        self, action: str, request: Request, call: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Run a state-changing request and append its audit record, whatever the outcome."""
+        status, response = 500, None
+        try:
+            response = await call(request)
+            status = response.status_code
+            return response
+        except DomainError as exc:
+            status = exc.status
+            raise
+        finally:
+            await self._append(action, request, status, response)
+
+    async def _append(self, action: str, request: Request, status: int, response: Response | None) -> None:
+        if getattr(request.state, "audited", False):
+            return  # appended with the idempotency record, in the same transaction
+        record = audit_record(action, request, status, response)
+        try:
+            async with self.pool.acquire() as conn:
+                await append(conn, record)
+        except Exception as exc:  # the request happened; losing its record must be loud
+            log.error("audit_append_failed", action=action, outcome=status, error=repr(exc))

@@ -7,17 +7,25 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 from fastapi import FastAPI
 
 from paystream.contracts.topology import SERVICES
-from paystream.gateway.api import Gateway, install_routes
-from paystream.gateway.audit import run_chainer
+from paystream.gateway.api import Endpoints, install_routes
+from paystream.gateway.audit import Audit, run_chainer
+from paystream.gateway.authenticate import Authenticate
+from paystream.gateway.forward import Forward
+from paystream.gateway.idempotency import Idempotency
+from paystream.gateway.identity.clients import ClientStore, CreateClient
+from paystream.gateway.identity.grants import Grants, TokenEndpoint
+from paystream.gateway.identity.keys import load_signing_keys
+from paystream.gateway.identity.tokens import TokenService
+from paystream.gateway.identity.users import CreateUser, UserStore
 from paystream.gateway.openapi import build_openapi
-from paystream.gateway.ratelimit import Limit, RateLimiter, redis_client
-from paystream.gateway.store import IdempotencyStore, KeyStore
-from paystream.gateway.tokens import ALGORITHM, TokenService, load_key, new_signing_key
-from paystream.gateway.vault import CardVault
+from paystream.gateway.pipeline import Pipeline
+from paystream.gateway.rate_limit import Limit, RateLimit, RateLimiter, redis_client
+from paystream.gateway.store import IdempotencyStore
+from paystream.gateway.vault.cards import CreateCard
+from paystream.gateway.vault.store import CardVault
 from paystream.platform.crypto import FileKeyring
 from paystream.platform.internal import InternalClient
 from paystream.platform.observability import get_logger
@@ -28,23 +36,6 @@ log = get_logger(__name__)
 NAME = "gateway"
 NEEDS = Needs(postgres=True)
 ROUTED_SERVICES = tuple(name for name in SERVICES if name != "gateway")  # the services it forwards to
-_KEYS_LOCK = 0x6B657973  # "keys"
-
-
-async def load_signing_keys(pool: asyncpg.Pool, tokens: TokenService, *, create: bool) -> None:
-    """Load the active signing keys; make the first one if there is none and ``create``."""
-    store = KeyStore()
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await store.active_keys(conn)
-        if not rows and create:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEYS_LOCK)
-            rows = await store.active_keys(conn)
-            if not rows:
-                kid, pem, jwk = new_signing_key()
-                await store.add_key(conn, kid=kid, algorithm=ALGORITHM, private_pem=pem, public_jwk=jwk)
-                log.info("signing_key_created", kid=kid)
-                rows = await store.active_keys(conn)
-    tokens.set_keys([load_key(r["kid"], r["private_pem"], r["created_at"].timestamp()) for r in rows])
 
 
 async def build(ctx: ServiceContext) -> ServiceParts:
@@ -69,12 +60,25 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     )
     keyring_path = Path(settings.keyring_file) if settings.keyring_file else None
     vault = CardVault(FileKeyring.load(keyring_path)) if keyring_path or os.environ.get("PAYSTREAM_KEYRING") else None
-    gateway = Gateway(pool=ctx.db, tokens=tokens, services=services, internal_token=internal_token,
-                      limiter=limiter, vault=vault)
+    users = UserStore(vault.keyring) if vault is not None else None
+    clients = ClientStore()
+    rate_limit = RateLimit(limiter)
+    pipeline = Pipeline(
+        authenticate=Authenticate(tokens), rate_limit=rate_limit, idempotency=Idempotency(ctx.db),
+        forward=Forward(services), audit=Audit(ctx.db),
+    )
+    grants = Grants(pool=ctx.db, clients=clients, users=users, tokens=tokens)
+    endpoints = Endpoints(
+        pipeline=pipeline, tokens=tokens,
+        token=TokenEndpoint(grants=grants, rate_limit=rate_limit),
+        create_client=CreateClient(pipeline=pipeline, pool=ctx.db, clients=clients),
+        create_user=CreateUser(pipeline=pipeline, pool=ctx.db, users=users),
+        create_card=CreateCard(pipeline=pipeline, pool=ctx.db, vault=vault),
+    )
     spec = build_openapi()
 
     def install(app: FastAPI) -> None:
-        install_routes(app, gateway)
+        install_routes(app, endpoints)
         app.openapi = lambda: spec  # type: ignore[method-assign]
 
     async def refresh_keys(stopping: asyncio.Event) -> None:
@@ -88,8 +92,8 @@ async def build(ctx: ServiceContext) -> ServiceParts:
                 await load_signing_keys(ctx.db, tokens, create=False)
                 if vault is not None:  # a KEK version added by `paystream keys rotate`
                     vault.keyring = FileKeyring.load(keyring_path)
-                    if gateway.users is not None:
-                        gateway.users.keyring = vault.keyring
+                    if users is not None:
+                        users.keyring = vault.keyring
             except Exception as exc:
                 log.warning("signing_keys_refresh_failed", error=repr(exc))
 

@@ -1,88 +1,31 @@
-"""The gateway schema's SQL: API clients, signing keys, idempotency keys."""
+"""The gateway schema's SQL that no sub-package owns: idempotency keys, and the pool the
+command line opens on the schema. (Clients and signing keys: `identity/`; cards: `vault/`.)"""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
 
 import asyncpg
 
-from paystream.contracts.ids import new_id
 from paystream.gateway.domain import StoredKey
+from paystream.platform.db import create_pool
+from paystream.platform.home import database_url
+
+SCHEMA = "gateway"
 
 LEASE = timedelta(seconds=60)
 
 
-def hash_secret(secret: str) -> str:
-    """Client secrets are 256-bit random strings, so one SHA-256 is enough to store them."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def secret_matches(secret: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret), stored_hash)
-
-
-class ClientStore:
-    async def create_client(
-        self, conn: asyncpg.Connection, *, tenant_id: str, name: str, scopes: Sequence[str]
-    ) -> tuple[asyncpg.Record, str]:
-        """A new API client; returns (row, secret). The secret is never stored in clear."""
-        secret = "pss_" + secrets.token_urlsafe(32)
-        row = await conn.fetchrow(
-            "INSERT INTO clients (id, tenant_id, name, secret_hash, scopes) "
-            "VALUES ($1, $2, $3, $4, $5) RETURNING id, tenant_id, name, scopes, created_at",
-            new_id("cli"), tenant_id, name, hash_secret(secret), sorted(set(scopes)),
-        )
-        assert row is not None
-        return row, secret
-
-    async def get_client(self, conn: asyncpg.Connection, client_id: str) -> asyncpg.Record | None:
-        return await conn.fetchrow(
-            "SELECT id, tenant_id, name, secret_hash, scopes, disabled FROM clients WHERE id = $1",
-            client_id,
-        )
-
-
-class KeyStore:
-    async def active_keys(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        """Keys that verify now: never retired, or retiring later (the newest signs)."""
-        return await conn.fetch(
-            "SELECT kid, algorithm, private_pem, public_jwk, created_at, retired_at FROM signing_keys "
-            "WHERE retired_at IS NULL OR retired_at > now() ORDER BY created_at"
-        )
-
-    async def rotate(
-        self, conn: asyncpg.Connection, *, kid: str, algorithm: str, private_pem: str,
-        public_jwk: dict[str, Any], verify_for_seconds: float,
-    ) -> datetime:
-        """Add a signing key; every key in use until now retires once the tokens it signed
-        have expired (``verify_for_seconds`` from now). Returns that instant."""
-        async with conn.transaction():
-            retire_at: datetime = await conn.fetchval(
-                "SELECT now() + make_interval(secs => $1)", verify_for_seconds
-            )
-            await conn.execute(
-                "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL OR retired_at > $1",
-                retire_at,
-            )
-            await self.add_key(conn, kid=kid, algorithm=algorithm, private_pem=private_pem,
-                               public_jwk=public_jwk)
-        return retire_at
-
-    async def add_key(
-        self, conn: asyncpg.Connection, *, kid: str, algorithm: str, private_pem: str, public_jwk: dict[str, Any]
-    ) -> None:
-        await conn.execute(
-            "INSERT INTO signing_keys (kid, algorithm, private_pem, public_jwk) VALUES ($1, $2, $3, $4)",
-            kid, algorithm, private_pem, public_jwk,
-        )
+async def gateway_pool(home: Path, url: str | None = None) -> asyncpg.Pool:
+    """A one-connection pool on the gateway's schema: of the stack running from ``home``, or of
+    the database at ``url`` (a deployment's: the gateway's own role is enough)."""
+    return await create_pool(url or database_url(home), min_size=1, max_size=1, search_path=SCHEMA)
 
 
 class IdempotencyStore:
+    """The ``idempotency_keys`` table: one row per (client, key), leased while it runs."""
+
     async def begin(
         self, conn: asyncpg.Connection, client_id: str, key: str, fingerprint: str, now: datetime
     ) -> StoredKey | None:

@@ -29,7 +29,7 @@ from rich.markup import escape
 
 from paystream.contracts.topology import SERVICES, STREAMS, partitioned_consumers
 from paystream.gateway.domain import SCOPES
-from paystream.gateway.store import ClientStore
+from paystream.gateway.identity.clients import ClientStore
 from paystream.platform.config import load_settings
 from paystream.platform.crypto import FileKeyring
 from paystream.platform.limits import raise_open_files

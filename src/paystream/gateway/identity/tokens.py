@@ -1,4 +1,6 @@
-"""Access tokens: EdDSA-signed JWTs (RFC 9068 profile) and the keys that sign them.
+"""Access tokens: EdDSA-signed JWTs (RFC 9068 profile), issued and verified.
+
+The keys that sign them are made, stored, loaded and rotated in `identity.keys`.
 
 Validation trusts nothing in the token's header but ``kid`` (to pick one of our own
 keys) and ``typ``: the algorithm is the one configured for that key, and ``jku``,
@@ -10,60 +12,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from paystream.gateway.domain import Principal
+from paystream.gateway.identity.keys import ALGORITHM, LEEWAY_SECONDS, SigningKey, public_jwk
 
-ALGORITHM = "EdDSA"
-LEEWAY_SECONDS = 30
 ACCEPTED_TYP = frozenset({"at+jwt", "application/at+jwt"})
 _CACHE_LIMIT = 50_000
 
 
 class InvalidToken(Exception):
     """The token cannot be accepted; the reason is for logs, never for the client."""
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    kid: str
-    private: Ed25519PrivateKey | None
-    public: Ed25519PublicKey
-    created_at: float
-
-
-def new_signing_key() -> tuple[str, str, dict[str, Any]]:
-    """A fresh Ed25519 key: (kid, private PEM, public JWK)."""
-    private = Ed25519PrivateKey.generate()
-    kid = "k_" + secrets.token_hex(8)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    return kid, pem, public_jwk(kid, private.public_key())
-
-
-def public_jwk(kid: str, public: Ed25519PublicKey) -> dict[str, Any]:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {
-        "kty": "OKP",
-        "crv": "Ed25519",
-        "x": jwt.utils.base64url_encode(raw).decode(),
-        "kid": kid,
-        "alg": ALGORITHM,
-        "use": "sig",
-    }
-
-
-def load_key(kid: str, private_pem: str, created_at: float) -> SigningKey:
-    private = serialization.load_pem_private_key(private_pem.encode(), password=None)
-    if not isinstance(private, Ed25519PrivateKey):
-        raise ValueError(f"key {kid} is not an Ed25519 key")
-    return SigningKey(kid=kid, private=private, public=private.public_key(), created_at=created_at)
 
 
 class TokenService:

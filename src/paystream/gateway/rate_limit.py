@@ -1,4 +1,6 @@
-"""Rate limits at the edge: GCRA in Redis, one atomic script per decision.
+"""Step 2 of the request path, rate limits: GCRA in Redis, one atomic script per decision.
+
+`RateLimit` is the step (a request in; None, or the 429/503 to answer); `RateLimiter` decides.
 
 Each request is checked against two buckets of its route class at once — one for the
 API client, one for the source address — and is admitted only if both have room; when it
@@ -27,7 +29,10 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
 
+from paystream.platform.http import problem
 from paystream.platform.observability import get_logger
 
 log = get_logger(__name__)
@@ -189,3 +194,31 @@ class RateLimiter:
         if len(self._local) > 100_000:  # forget idle buckets rather than grow without bound
             self._local = {k: v for k, v in self._local.items() if v > now}
         return Decision(True, limit, remaining, (max(new_tats) - now) / 1e6, 0.0)
+
+
+class RateLimit:
+    """The step: charge a request to its address's and its client's buckets, or refuse it.
+    Without a limiter (``None``) every request goes on."""
+
+    def __init__(self, limiter: RateLimiter | None) -> None:
+        self.limiter = limiter
+
+    async def __call__(self, route_class: str, request: Request, client_id: str | None) -> Response | None:
+        """None when the request may go on; else the 429 (or, failing closed, 503) to send."""
+        if self.limiter is None:
+            return None
+        subjects = [f"addr:{request.client.host if request.client else 'unknown'}"]
+        if client_id:
+            subjects.append(f"client:{client_id}")
+        try:
+            decision = await self.limiter.check(route_class, *subjects)
+        except LimiterUnavailable:
+            return problem(503, "rate_limiter_unavailable", "Service unavailable",
+                           "this request cannot be checked against its rate limit now; retry shortly",
+                           headers={"Retry-After": "5"})
+        if decision.allowed:
+            return None
+        return problem(429, "rate_limited", "Too many requests",
+                       f"the {route_class} rate limit ({decision.limit.count} per "
+                       f"{decision.limit.period:g}s) is exhausted; retry after the Retry-After delay",
+                       headers=decision.headers())

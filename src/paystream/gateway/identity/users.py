@@ -8,7 +8,8 @@ wrong password all get the same answer, in about the same time.
 A refresh token is an opaque random string of which only a SHA-256 is stored. Every use
 rotates it within its family; presenting a token that was already used means someone
 else has a copy, so the whole family is revoked (RFC 6819 §5.2.2.3, OAuth 2.1 §4.3.1).
-Every function takes ``now`` so tests can move the clock.
+Every function takes ``now`` so tests can move the clock. `CreateUser` is the
+``POST /v1/users`` write.
 """
 
 from __future__ import annotations
@@ -19,15 +20,23 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from starlette.requests import Request
+from starlette.responses import Response
 
+from paystream.contracts.api import UserCreate
 from paystream.contracts.ids import new_id
+from paystream.gateway.idempotency import sealed
 from paystream.platform.crypto import Keyring, Sealed, open_sealed, seal
+from paystream.platform.http import JSONResponse, problem
+
+if TYPE_CHECKING:
+    from paystream.gateway.pipeline import Pipeline
 
 HASHER = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1, hash_len=32, salt_len=16)
 MAX_FAILURES = 10
@@ -194,3 +203,38 @@ class UserStore:
                 scopes=row["scopes"], now=now, family_id=row["family_id"],
             )
         return Refreshed(row["user_id"], row["tenant_id"], client_id, frozenset(row["scopes"]), fresh)
+
+
+class CreateUser:
+    """``POST /v1/users`` (users:write, no user tokens): a wallet user of the caller's tenant."""
+
+    def __init__(self, *, pipeline: Pipeline, pool: asyncpg.Pool, users: UserStore | None) -> None:
+        self.pipeline = pipeline
+        self.pool = pool
+        self.users = users  # None without the vault's keyring
+
+    async def __call__(self, request: Request) -> Response:
+        checked = await self.pipeline.local_write(request, "users:write", UserCreate, users_may=False)
+        if isinstance(checked, Response):
+            return checked
+        principal, spec = checked
+        users = self.users
+        if users is None:
+            return problem(503, "vault_unavailable", "Service unavailable", "users need the vault's keyring")
+
+        async def create() -> Response:
+            try:
+                async with self.pool.acquire() as conn:
+                    row = await users.create(conn, tenant_id=principal.tenant_id, email=spec.email,
+                                             name=spec.name, password=spec.password)
+            except UserExists:
+                return problem(409, "user_exists", "Conflict", "a user with this email already exists")
+            request.state.object_id = row["id"]
+            return JSONResponse(row, status_code=201)
+
+        # The password only as a keyed blind index (the key store of the vault), never in clear.
+        same = {"email": spec.email, "name": spec.name,
+                "password": users.keyring.blind_index(f"idempotency-password:{principal.tenant_id}",
+                                                      spec.password).hex()}
+        return await self.pipeline.once(request, principal, same, create,
+                                        keep=sealed(users.keyring, principal, request))

@@ -1,7 +1,7 @@
 """The OAuth2 grants of the token endpoint: client credentials for API clients, and for
 wallet users (through a wallet app's client) the password and refresh-token grants.
 
-`Gateway.token` reads and rate-limits the request; `Grants.answer` decides it. Every
+`TokenEndpoint` reads and rate-limits the request; `Grants.answer` decides it. Every
 refusal is an RFC 6749 error body (`oauth_error`) that says no more than it must: an
 unknown client and a wrong secret get the same answer.
 """
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import asyncpg
-from fastapi import Response
+from fastapi import Request, Response
 
 from paystream.gateway.domain import parse_scope
-from paystream.gateway.edge import oauth_error
-from paystream.gateway.store import ClientStore, secret_matches
-from paystream.gateway.tokens import TokenService
-from paystream.gateway.users import USER_SCOPES, UserStore
+from paystream.gateway.edge import ApiError, basic_credentials, oauth_error, read_limited
+from paystream.gateway.identity.clients import ClientStore, secret_matches
+from paystream.gateway.identity.tokens import TokenService
+from paystream.gateway.identity.users import USER_SCOPES, UserStore
+from paystream.gateway.rate_limit import RateLimit
 from paystream.platform.http import JSONResponse
 
 
@@ -130,3 +132,33 @@ class Grants:
         return self._user_tokens(client_id=client["id"], tenant_id=refreshed.tenant_id,
                                  user_id=refreshed.user_id, scopes=refreshed.scopes,
                                  refresh_token=refreshed.refresh_token)
+
+
+class TokenEndpoint:
+    """``POST /oauth/token``: the form read, its client rate-limited ("auth"), then `Grants`."""
+
+    def __init__(self, *, grants: Grants, rate_limit: RateLimit) -> None:
+        self.grants = grants
+        self.rate_limit = rate_limit
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            raw = await read_limited(request, 8192)
+        except ApiError:
+            return oauth_error(413, "invalid_request", "request too large")
+        content_type = request.headers.get("content-type", "")
+        if "application/x-www-form-urlencoded" not in content_type.lower():
+            return oauth_error(400, "invalid_request", "send the form as application/x-www-form-urlencoded")
+        try:
+            form = {k: v[0] for k, v in parse_qs(raw.decode(), strict_parsing=False).items()}
+        except UnicodeDecodeError:
+            return oauth_error(400, "invalid_request", "the form is not valid UTF-8")
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        basic = basic_credentials(request.headers.get("authorization", ""))
+        if basic is not None:
+            client_id, client_secret = basic
+        request.state.actor = client_id[:64] if client_id else None
+        limited = await self.rate_limit("auth", request, client_id[:64] if client_id else None)
+        if limited is not None:
+            return limited
+        return await self.grants.answer(form, client_id, client_secret)

@@ -1,16 +1,23 @@
-"""The card vault's storage: sealed numbers, keyed fingerprints, and re-wrapping on rotation."""
+"""The card vault's storage: sealed numbers, keyed fingerprints, and re-wrapping on rotation
+(`rotate_encryption_key`, for `paystream keys rotate encryption`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from pathlib import Path
 
 import asyncpg
 
 from paystream.contracts.api import Card
 from paystream.contracts.bodies import Body
 from paystream.contracts.ids import new_id
-from paystream.gateway.cards import CardNumber
-from paystream.platform.crypto import Keyring, Sealed, open_sealed, rewrap, seal
+from paystream.gateway.audit import AuditRecord
+from paystream.gateway.audit import append as append_audit
+from paystream.gateway.store import gateway_pool
+from paystream.gateway.vault.numbers import CardNumber
+from paystream.platform.config import load_settings
+from paystream.platform.crypto import FileKeyring, Keyring, Sealed, open_sealed, rewrap, seal
 
 CARD_COLUMNS = "id, brand, last4, exp_month, exp_year, fingerprint, created_at"
 # Tables whose rows carry (kek_version, wrapped_dek, nonce, ciphertext).
@@ -28,6 +35,8 @@ def _context(card_id: str) -> str:
 
 
 class CardVault:
+    """Cards sealed under the keyring's active KEK, each under its own data key."""
+
     def __init__(self, keyring: Keyring) -> None:
         self.keyring = keyring
 
@@ -80,3 +89,30 @@ class CardVault:
                     f"UPDATE {table} SET kek_version = $2, wrapped_dek = $3 WHERE id = $1", updates
                 )
                 done += len(rows)
+
+
+async def rotate_encryption_key(home: Path) -> tuple[str, int]:
+    """Add a KEK version to the keyring of ``home`` and re-wrap every data key under it.
+
+    Running gateways pick the new version up at their next refresh; the re-wrap runs twice,
+    the second time after that refresh, so a card sealed meanwhile under the old version is
+    re-wrapped too. The old version stays in the keyring (nothing needs it any more; a
+    later rotation may drop versions no row refers to). Returns (version, rows re-wrapped).
+    """
+    path = home / "keyring.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no keyring at {path}")
+    version = FileKeyring.add_version(path)
+    settings = load_settings()
+    vault = CardVault(FileKeyring.load(path))
+    pool = await gateway_pool(home)
+    try:
+        async with pool.acquire() as conn:
+            rewrapped = await vault.rewrap_all(conn)
+            await asyncio.sleep(settings.signing_keys_refresh_seconds + 1)
+            rewrapped += await vault.rewrap_all(conn)
+            await append_audit(conn, AuditRecord(actor="cli", source="local", action="keys rotate encryption",
+                                                 outcome=200, object_id=version))
+    finally:
+        await pool.close()
+    return version, rewrapped
