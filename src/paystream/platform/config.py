@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     tls_keyfile: str | None = None
 
     # Rate limits per route class, each for the API client and for the source address
-    # (gateway/ratelimit.py). "auth" is the token endpoint, which fails closed without Redis.
+    # (gateway/rate_limit.py). "auth" is the token endpoint, which fails closed without Redis.
     rate_limits: dict[str, str] = Field(default_factory=lambda: {
         "auth": "60/60s", "money": "2000/1s", "write": "500/1s", "read": "2000/1s",
     })
