@@ -349,7 +349,7 @@ async def test_payments_create_writes_payment_timeline_and_outbox_event_together
     assert event.type == "payments.initiated"
     assert event.correlation_id == "corr-1"
     assert msgspec.convert(event.payload, PaymentInitiated).order == PaymentOrder(
-        payment_id=values["id"], tenant_id=TENANT, kind="transfer", source_account_id="acc_src",
+        payment_id=values.id, tenant_id=TENANT, kind="transfer", source_account_id="acc_src",
         destination_account_id="acc_dst", amount=500, currency="EUR",
     )
 
