@@ -16,7 +16,7 @@ from rich.console import Console
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from paystream.contracts.topology import SERVICES
-from paystream.fraud.commands import fraud_app
+from paystream.fraud.cli import fraud_app
 from paystream.platform.home import NoStack
 from paystream.stack.backup_commands import backup_app, restore
 
@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True, highlight=False)
-app.add_typer(fraud_app, name="fraud")  # simulate, train, export-labels: paystream/fraud/commands.py
+app.add_typer(fraud_app, name="fraud")  # simulate, train, export-labels: paystream/fraud/cli.py
 app.add_typer(backup_app, name="backup")  # take one, list: paystream/stack/backup_commands.py
 app.command()(restore)  # point-in-time recovery into a copy: paystream/stack/backup_commands.py
 

@@ -15,8 +15,8 @@ from types import ModuleType
 import pytest
 
 from paystream.fraud.rescreen import rescreen_counter
-from paystream.notifications.handlers import DeliveryWorker
 from paystream.notifications.store import NotificationsStore
+from paystream.notifications.workers import DeliveryWorker
 from paystream.payments.deadline import deadline_counter
 from paystream.platform.config import Settings
 from paystream.platform.observability import Metrics

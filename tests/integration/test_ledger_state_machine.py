@@ -43,9 +43,9 @@ from paystream.ledger.domain import (
     exchange_legs,
     simple_transfer,
 )
-from paystream.ledger.handlers import HoldSweeper
 from paystream.ledger.store import LedgerStore
 from paystream.ledger.verify import verify_connection
+from paystream.ledger.workers import HoldSweeper
 from paystream.platform.db import _init_connection
 from paystream.platform.migrations import migrate, role_name
 from paystream.platform.outbox import Outbox

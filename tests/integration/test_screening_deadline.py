@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -82,7 +83,7 @@ def _worker(pool: Any, fraud_api: FakeFraud | None = None) -> tuple[ScreeningDea
 
 async def _create(pool: Any, amount: int = 500, created_at: datetime | None = None) -> str:
     values = _payment_values(key=uuid.uuid4().hex, amount=amount)
-    values["created_at"] = created_at or values["created_at"]
+    values = replace(values, created_at=created_at or values.created_at)
     async with pool.acquire() as conn:
         payment, _ = await PaymentHandlers(PaymentsStore(), Outbox(4)).create(conn, values, "corr")
     return str(payment["id"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from paystream.contracts.events import (
     PaymentSucceeded,
 )
 from paystream.contracts.ids import new_id
+from paystream.contracts.money import Money
 from paystream.fraud.domain import default_rules
 from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore
@@ -46,6 +48,7 @@ from paystream.ledger.handlers import LedgerHandlers
 from paystream.ledger.store import LedgerStore, account_body
 from paystream.notifications.handlers import NotificationHandlers, webhook_body
 from paystream.notifications.store import NotificationsStore
+from paystream.payments.domain import AccountId, NewPayment, PaymentId, TenantId
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore
 from paystream.platform.db import create_pool
@@ -311,13 +314,13 @@ async def payments(role_db: RolePool) -> Any:
     return pool
 
 
-def _payment_values(key: str | None = "idem-1", amount: int = 500) -> dict[str, Any]:
-    return {
-        "id": new_id("pay"), "tenant_id": TENANT, "client_id": "cli_1", "kind": "transfer",
-        "amount": amount, "currency": "EUR", "source_account_id": "acc_src",
-        "destination_account_id": "acc_dst", "description": "rent", "metadata": {"k": "v"},
-        "idempotency_key": key, "created_at": datetime.now(UTC),
-    }
+def _payment_values(key: str = "idem-1", amount: int = 500) -> NewPayment:
+    return NewPayment(
+        id=PaymentId(new_id("pay")), tenant_id=TenantId(TENANT), client_id="cli_1", kind="transfer",
+        amount=Money(amount, "EUR"), source_account_id=AccountId("acc_src"),
+        destination_account_id=AccountId("acc_dst"), description="rent", metadata={"k": "v"},
+        idempotency_key=key, created_at=datetime.now(UTC),
+    )
 
 
 def _signal(event: msgspec.Struct, payment_id: str) -> Envelope:
@@ -347,7 +350,7 @@ async def test_payments_create_writes_payment_timeline_and_outbox_event_together
     assert event.type == "payments.initiated"
     assert event.correlation_id == "corr-1"
     assert msgspec.convert(event.payload, PaymentInitiated).order == PaymentOrder(
-        payment_id=values["id"], tenant_id=TENANT, kind="transfer", source_account_id="acc_src",
+        payment_id=values.id, tenant_id=TENANT, kind="transfer", source_account_id="acc_src",
         destination_account_id="acc_dst", amount=500, currency="EUR",
     )
 
@@ -469,7 +472,7 @@ async def test_payments_a_refunds_success_locks_its_original_first_so_consumers_
     async with pool.acquire() as conn:
         original, _ = await handlers.create(conn, _payment_values("orig", amount=900), "c1")
         refund, _ = await handlers.create(
-            conn, {**_payment_values("refund", amount=300), "kind": "refund", "refund_of": original["id"]}, "c2")
+            conn, replace(_payment_values("refund", amount=300), kind="refund", refund_of=original["id"]), "c2")
     assert original["id"] < refund["id"]
     posted = _signal(LedgerPosted(payment_id=refund["id"], tenant_id=TENANT, transfer_id=new_id("trf")),
                      refund["id"])

@@ -4,25 +4,12 @@ refund reverses and what is left of it, transfers. `LedgerStore` inherits them."
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from paystream.ledger.domain import Leg
-
-
-@dataclass(frozen=True, slots=True)
-class PostedTransfer:
-    """How a payment was posted, for a refund to reverse: the posting transfer (which refunds
-    name in ``refund_of``, counted in its ``currency``) and every leg the payment posted,
-    including the destination side of a held exchange (``<payment>:fx``)."""
-
-    transfer_id: str
-    external_ref: str
-    currency: str
-    amount: int
-    legs: tuple[Leg, ...]
+from paystream.ledger.orders import PostedTransfer
 
 
 class TransferLookups:

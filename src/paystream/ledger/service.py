@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from paystream.ledger.api import install_routes
-from paystream.ledger.handlers import DeltaFolder, HoldSweeper, LedgerHandlers
+from paystream.ledger.handlers import LedgerHandlers
 from paystream.ledger.store import LedgerStore
+from paystream.ledger.workers import DeltaFolder, HoldSweeper
 from paystream.platform.runtime import Needs, ServiceContext, ServiceParts
 
 NAME = "ledger"

@@ -8,41 +8,24 @@ import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Query, Response
 
 from paystream.contracts.api import WebhookEndpoint, WebhookEndpointCreate
-from paystream.contracts.ids import has_prefix, new_id
-from paystream.notifications.domain import new_secret
-from paystream.notifications.ssrf import url_problem
+from paystream.contracts.ids import has_prefix
+from paystream.notifications.handlers import NotificationHandlers
 from paystream.notifications.store import NotificationsStore
 from paystream.platform.errors import Invalid, NotFound
 from paystream.platform.http import Caller, InternalAuth, JSONResponse
 
 
 def install_routes(
-    app: FastAPI, *, pool: asyncpg.Pool, store: NotificationsStore, auth: InternalAuth,
-    allow_private: bool,
+    app: FastAPI, *, pool: asyncpg.Pool, store: NotificationsStore, handlers: NotificationHandlers,
+    auth: InternalAuth,
 ) -> None:
     router = APIRouter(prefix="/internal")
 
     @router.post("/webhook_endpoints", status_code=201)
     async def create_endpoint(body: WebhookEndpointCreate, caller: Caller = Depends(auth)) -> JSONResponse:
-        problem = url_problem(body.url, allow_private=allow_private)
-        if problem is not None:
-            raise Invalid(problem, code="webhook_url_forbidden")
-        secret = new_secret()
         async with pool.acquire() as conn:
-            row, created = await store.create_endpoint(
-                conn,
-                {
-                    "id": new_id("whe"),
-                    "tenant_id": caller.tenant_id,
-                    "url": body.url,
-                    "events": sorted(set(body.events)),
-                    "secret": secret,
-                    "description": body.description,
-                    "create_key": caller.idempotency_key,
-                },
-            )
-        # The secret is shown once: a retried creation does not show it again.
-        return JSONResponse(WebhookEndpoint.body(row, secret=secret if created else None), status_code=201)
+            endpoint = await handlers.create_endpoint(conn, caller, body)
+        return JSONResponse(endpoint, status_code=201)
 
     @router.get("/webhook_endpoints")
     async def list_endpoints(

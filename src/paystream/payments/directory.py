@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 
-from paystream.payments.store import DirectoryEntry, PaymentsStore
+from paystream.payments.domain import DirectoryEntry
+from paystream.payments.store import PaymentsStore
 from paystream.platform.errors import TransientError
 from paystream.platform.http import Caller
 from paystream.platform.internal import InternalClient

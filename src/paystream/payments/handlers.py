@@ -1,4 +1,10 @@
-"""Payments commands and events: create a payment; move it along on fraud and ledger outcomes."""
+"""Payments commands and events, the one home of both.
+
+Commands: create a transfer or deposit (`PaymentHandlers.create_payment`), refund a payment
+(`create_refund`); both check the request with the rules of `domain` and store the payment
+with its ``payments.initiated`` event (`create`). Events: fraud and ledger outcomes move a
+payment along its state machine (`on_outcomes`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from paystream.contracts.api import Payment
+from paystream.contracts.bodies import Body
 from paystream.contracts.envelope import Envelope, make_envelope
 from paystream.contracts.events import (
     EVENT_TYPES,
@@ -18,10 +25,26 @@ from paystream.contracts.events import (
     payload_of,
 )
 from paystream.contracts.ids import new_id
-from paystream.payments.domain import DEADLINE_REASON, Signal, Transition, next_state
+from paystream.contracts.money import Money
+from paystream.payments.directory import AccountDirectory
+from paystream.payments.domain import (
+    DEADLINE_REASON,
+    AccountId,
+    NewPayment,
+    PaymentId,
+    PaymentRequest,
+    Signal,
+    TenantId,
+    Transition,
+    accounts_to_check,
+    admit,
+    next_state,
+    refund_amount,
+)
 from paystream.payments.store import PaymentsStore, StatusUpdate, TimelineRow
 from paystream.platform import tracing
-from paystream.platform.errors import PoisonMessage
+from paystream.platform.errors import NotFound, PoisonMessage
+from paystream.platform.http import Caller
 from paystream.platform.observability import bound, get_logger, log_on_commit
 from paystream.platform.outbox import Outbox
 
@@ -29,20 +52,124 @@ log = get_logger(__name__)
 
 
 class PaymentHandlers:
-    def __init__(self, store: PaymentsStore, outbox: Outbox) -> None:
+    """Payments' commands and event handlers.
+
+    The commands (`create_payment`, `create_refund`) need ``pool`` and ``directory``; the
+    event handlers and `create` work on the connection they are given.
+    """
+
+    def __init__(
+        self,
+        store: PaymentsStore,
+        outbox: Outbox,
+        *,
+        pool: asyncpg.Pool | None = None,
+        directory: AccountDirectory | None = None,
+    ) -> None:
         self._store = store
         self._outbox = outbox
+        self._pool = pool
+        self._directory = directory
+
+    async def create_payment(self, caller: Caller, request: PaymentRequest) -> Body:
+        """A transfer or deposit, checked against its accounts; the payment's body.
+
+        ``caller.idempotency_key`` is required (the API checks it): a key the client used
+        before returns that payment unchanged.
+        """
+        assert self._pool is not None and self._directory is not None
+        assert caller.idempotency_key
+        wanted = accounts_to_check(request)
+        accounts = await self._directory.lookup(caller, wanted)
+        exchange = admit(request, accounts, caller.user_id)
+        payment = NewPayment(
+            id=PaymentId(new_id("pay")),
+            kind=request.kind,
+            tenant_id=TenantId(caller.tenant_id),
+            client_id=caller.client_id,
+            idempotency_key=f"{caller.client_id}:{caller.idempotency_key}",
+            created_at=datetime.now(UTC),
+            source_account_id=request.source_account_id,
+            destination_account_id=request.destination_account_id,
+            amount=request.amount,
+            description=request.description,
+            metadata=request.metadata,
+            exchange=exchange,
+        )
+        async with self._pool.acquire() as conn:
+            body, _ = await self.create(conn, payment, caller.correlation_id)
+        return body
+
+    async def create_refund(
+        self,
+        caller: Caller,
+        payment_id: str,
+        *,
+        amount: int | None,
+        description: str | None,
+        metadata: dict[str, str],
+    ) -> Body:
+        """A refund of ``payment_id`` (``amount`` None: all that is left); the refund's body.
+
+        The original is locked while its refunds are counted, so two refunds of one payment
+        never claim the same money. A key the client used before returns that payment.
+        """
+        assert self._pool is not None
+        assert caller.idempotency_key
+        key = f"{caller.client_id}:{caller.idempotency_key}"
+        async with self._pool.acquire() as conn, conn.transaction():
+            replay = await self._store.by_idempotency_key(conn, caller.tenant_id, key)
+            if replay is not None:
+                return Payment.body(replay)
+            await self.visible_payment(conn, caller, payment_id, owning="destination_account_id")
+            original = await self._store.lock_one(conn, caller.tenant_id, payment_id)
+            assert original is not None
+            claimed = await self._store.refunds_claimed(conn, payment_id)
+            refunded = refund_amount(original["kind"], original["status"], original["amount"],
+                                     claimed, amount)
+            refund = NewPayment(
+                id=PaymentId(new_id("pay")),
+                kind="refund",
+                tenant_id=TenantId(caller.tenant_id),
+                client_id=caller.client_id,
+                idempotency_key=key,
+                created_at=datetime.now(UTC),
+                source_account_id=_account(original["destination_account_id"]),
+                destination_account_id=_account(original["source_account_id"]),
+                amount=Money(refunded, original["currency"]),
+                refund_of=PaymentId(payment_id),
+                description=description,
+                metadata=metadata,
+            )
+            body, _ = await self.create(conn, refund, caller.correlation_id)
+        return body
+
+    async def visible_payment(
+        self, conn: asyncpg.Connection, caller: Caller, payment_id: str, owning: str | None = None
+    ) -> asyncpg.Record:
+        """The payment, if the caller may see it: a user sees payments touching their accounts
+        (with ``owning``, only those whose account in that column is theirs); else 404."""
+        row = await self._store.get(conn, caller.tenant_id, payment_id)
+        if row is not None and caller.user_id:
+            columns = (owning,) if owning else ("source_account_id", "destination_account_id")
+            touched = [row[c] for c in columns if row[c]]
+            owners = await self._store.directory_get(conn, touched)
+            if not any(e.owner_user_id == caller.user_id for e in owners.values()):
+                row = None
+        if row is None:
+            raise NotFound(f"no payment {payment_id}", code="payment_not_found")
+        return row
 
     async def create(
-        self, conn: asyncpg.Connection, values: dict[str, Any], correlation_id: str
-    ) -> tuple[dict[str, Any], bool]:
+        self, conn: asyncpg.Connection, new: NewPayment, correlation_id: str
+    ) -> tuple[Body, bool]:
         """Store a new payment and its ``payments.initiated`` event in one transaction.
 
         Returns (payment, created); ``created`` is False when the idempotency key
         already named a payment, which is returned unchanged.
         """
         async with conn.transaction():
-            row, created = await self._store.insert_payment(conn, values)
+            row, created = await self._store.insert_payment(conn, new)
             tracing.annotate(payment_id=row["id"])  # on the request's span, when tracing is on
             payment = Payment.body(row)
             if not created:
@@ -185,6 +312,10 @@ def order_of(row: asyncpg.Record | dict[str, Any]) -> PaymentOrder:
         destination_amount=row["destination_amount"],
         destination_currency=row["destination_currency"],
     )
+
+
+def _account(value: str | None) -> AccountId | None:
+    return None if value is None else AccountId(value)
 
 
 def _payment_id(envelope: Envelope) -> str:

@@ -22,7 +22,6 @@ NEEDS = Needs(postgres=True, bus=True, outbox=True)
 async def build(ctx: ServiceContext) -> ServiceParts:
     settings = ctx.settings
     store = PaymentsStore()
-    handlers = PaymentHandlers(store, ctx.outbox)
     ledger = InternalClient(
         settings.service_urls["ledger"],
         token=settings.internal_token.get_secret_value(),
@@ -31,6 +30,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
     guard = Guard("ledger", GuardPolicy(timeout=2.0, max_concurrent=32, max_wait=1.0),
                   metrics=ctx.metrics)
     directory = AccountDirectory(ctx.db, store, ledger, guard)
+    handlers = PaymentHandlers(store, ctx.outbox, pool=ctx.db, directory=directory)
     auth = ctx.internal_auth()
     workers: list[Worker] = []
     closers: list[Callable[[], Awaitable[None]]] = [ledger.close]
@@ -49,9 +49,7 @@ async def build(ctx: ServiceContext) -> ServiceParts:
         closers.append(fraud.close)
 
     def install(app: FastAPI) -> None:
-        install_routes(
-            app, pool=ctx.db, store=store, handlers=handlers, directory=directory, auth=auth
-        )
+        install_routes(app, pool=ctx.db, store=store, handlers=handlers, auth=auth)
 
     return ServiceParts(
         install=install,

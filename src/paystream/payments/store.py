@@ -9,20 +9,14 @@ from typing import Any
 
 import asyncpg
 
+from paystream.payments.domain import DirectoryEntry, NewPayment
+
 _COLUMNS = (
     "id, tenant_id, kind, status, amount, currency, source_account_id, destination_account_id, "
     "failure_code, description, metadata, created_at, updated_at, refund_of, amount_refunded, "
     "destination_amount, destination_currency, exchange_rate, source_amount, source_currency, "
     "screening, review_reasons"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryEntry:
-    account_id: str
-    tenant_id: str
-    currency: str
-    owner_user_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +53,10 @@ class PaymentsStore:
     """SQL for the payments schema; every method runs on the connection it is given."""
 
     async def insert_payment(
-        self, conn: asyncpg.Connection, values: dict[str, Any]
+        self, conn: asyncpg.Connection, payment: NewPayment
     ) -> tuple[asyncpg.Record, bool]:
         """Insert a payment; returns (row, created). An existing idempotency key wins."""
+        exchange = payment.exchange
         row = await conn.fetchrow(
             f"INSERT INTO payments (id, tenant_id, client_id, kind, status, amount, currency, "
             f"source_account_id, destination_account_id, description, metadata, idempotency_key, "
@@ -69,18 +64,19 @@ class PaymentsStore:
             f"exchange_rate) VALUES ($1, $2, $3, $4, 'processing', $5, $6, $7, $8, $9, "
             f"$10, $11, $12, $12, $13, $14, $15, $16) "
             f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
-            values["id"], values["tenant_id"], values["client_id"], values["kind"],
-            values["amount"], values["currency"], values["source_account_id"],
-            values["destination_account_id"], values["description"], values["metadata"],
-            values["idempotency_key"], values["created_at"], values.get("refund_of"),
-            values.get("destination_amount"), values.get("destination_currency"),
-            values.get("exchange_rate"),
+            payment.id, payment.tenant_id, payment.client_id, payment.kind,
+            payment.amount.amount, payment.amount.currency, payment.source_account_id,
+            payment.destination_account_id, payment.description, dict(payment.metadata),
+            payment.idempotency_key, payment.created_at, payment.refund_of,
+            exchange.received.amount if exchange else None,
+            exchange.received.currency if exchange else None,
+            exchange.rate if exchange else None,
         )
         if row is not None:
             return row, True
         existing = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM payments WHERE tenant_id = $1 AND idempotency_key = $2",
-            values["tenant_id"], values["idempotency_key"],
+            payment.tenant_id, payment.idempotency_key,
         )
         assert existing is not None
         return existing, False
