@@ -27,7 +27,7 @@ from paystream.contracts.events import (
     PaymentOrder,
     PaymentSucceeded,
 )
-from paystream.contracts.ids import new_id
+from paystream.contracts.ids import AccountId, PaymentId, TenantId, new_id
 from paystream.contracts.money import Money
 from paystream.fraud.domain import default_rules
 from paystream.fraud.handlers import FraudHandlers
@@ -48,7 +48,7 @@ from paystream.ledger.handlers import LedgerHandlers
 from paystream.ledger.store import LedgerStore, account_body
 from paystream.notifications.handlers import NotificationHandlers, webhook_body
 from paystream.notifications.store import NotificationsStore
-from paystream.payments.domain import AccountId, NewPayment, PaymentId, TenantId
+from paystream.payments.domain import NewPayment
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore
 from paystream.platform.db import create_pool

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NewType
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Two base32 digits per lookup: a ULID's 130 bits (two leading zeros) are 13 pairs.
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _SHIFTS = tuple(range(120, -10, -10))
+
+# Ids typed by what they name, for the commands and rows between a service's layers: the same
+# str at run time, told apart by the type checker.
+PaymentId = NewType("PaymentId", str)
+AccountId = NewType("AccountId", str)
+TenantId = NewType("TenantId", str)
 
 PREFIXES = frozenset({"acc", "pay", "whe", "rev", "evt", "trf", "cli", "usr", "card", "del", "ent", "rtk", "fam"})
 

@@ -15,9 +15,9 @@ from paystream.contracts.api import (
     PaymentStatus,
     RefundCreate,
 )
-from paystream.contracts.ids import has_prefix
+from paystream.contracts.ids import AccountId, has_prefix
 from paystream.contracts.money import Money
-from paystream.payments.domain import AccountId, PaymentRequest
+from paystream.payments.domain import PaymentRequest
 from paystream.payments.handlers import PaymentHandlers
 from paystream.payments.store import PaymentsStore
 from paystream.platform.errors import DomainError, Invalid

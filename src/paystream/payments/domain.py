@@ -35,8 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, NewType
+from typing import Literal
 
+from paystream.contracts.ids import AccountId, PaymentId, TenantId
 from paystream.contracts.money import MAX_AMOUNT, Money, convert
 from paystream.platform.errors import Invalid, NotFound
 
@@ -114,9 +115,6 @@ def is_terminal(status: str) -> bool:
 
 # --- admitting a new payment -------------------------------------------------------------
 
-PaymentId = NewType("PaymentId", str)
-AccountId = NewType("AccountId", str)
-TenantId = NewType("TenantId", str)
 Kind = Literal["transfer", "deposit", "refund"]
 
 

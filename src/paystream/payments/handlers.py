@@ -24,17 +24,14 @@ from paystream.contracts.events import (
     PaymentOrder,
     payload_of,
 )
-from paystream.contracts.ids import new_id
+from paystream.contracts.ids import AccountId, PaymentId, TenantId, new_id
 from paystream.contracts.money import Money
 from paystream.payments.directory import AccountDirectory
 from paystream.payments.domain import (
     DEADLINE_REASON,
-    AccountId,
     NewPayment,
-    PaymentId,
     PaymentRequest,
     Signal,
-    TenantId,
     Transition,
     accounts_to_check,
     admit,
