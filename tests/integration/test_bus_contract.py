@@ -84,6 +84,20 @@ async def test_message_ids_seen_within_the_window_are_stored_once(harness: Harne
     assert await subscription.fetch(1, timeout=QUIET) == []
 
 
+async def test_a_batch_sent_again_with_newer_messages_stores_only_those_in_order(
+    harness: Harness,
+) -> None:
+    # The relay's retry after a publish whose answer was lost: the rows it sent are there
+    # already, and rows written since come after them.
+    sub = await harness.subscribe()
+    first = [harness.message(str(k).encode(), f"m{k}") for k in range(3)]
+    assert await harness.publish(*first) == 3
+    later = [harness.message(str(k).encode(), f"m{k}") for k in range(3, 6)]
+    assert await harness.publish(*first, *later) == 3
+    got = await fetch_n(sub, 6)
+    assert [d.data for d in got] == [str(k).encode() for k in range(6)]
+
+
 async def test_ack_settles_the_message(harness: Harness) -> None:
     subscription = await harness.subscribe()
     await harness.publish(harness.message(b"x", "m1"))

@@ -75,7 +75,9 @@ class Bus(Protocol):
 
         Returns how many the broker stored as new (the rest were duplicates).
         Raises `TransientError` if any could not be confirmed: the caller retries
-        the whole batch, and de-duplication ids make that harmless.
+        the whole batch, and de-duplication ids make that harmless. A failed batch
+        never leaves a message of a stream stored ahead of an earlier one of the
+        same stream that was not: consumers rely on a stream's order.
         """
         ...
 

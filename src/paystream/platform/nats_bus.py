@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,10 @@ log = get_logger(__name__)
 DUPLICATE_WINDOW_SECONDS = 300.0
 ACK_WAIT_SECONDS = 30.0
 MAX_AGE_SECONDS = 30 * 24 * 3600.0
+# nats-server's default ceiling on one atomic batch (jetstream.limits.batch.max_msgs).
+ATOMIC_BATCH_MAX = 1000
+ERR_BATCH_DUPLICATE_ID = 10201  # "atomic publish batch contains duplicate message id"
+ERRS_ATOMIC_DISABLED = frozenset({10174})  # the stream was made without allow_atomic
 
 _NATS_ERRORS = (
     nats.errors.Error,
@@ -54,6 +60,15 @@ def _consumer_config(consumer: ConsumerSpec, *, start_after: int | None = None) 
         filter_subjects=list(consumer.filter_subjects),
         **start,
     )
+
+
+class _NotAtomic(Exception):
+    """An atomic batch the stream refused as a whole, for a reason one by one gets past."""
+
+    def __init__(self, description: str, *, duplicate: bool) -> None:
+        super().__init__(description)
+        self.description = description
+        self.duplicate = duplicate
 
 
 class NatsDelivery:
@@ -141,6 +156,8 @@ class NatsBus:
         self._timeout = timeout
         self._replicas = replicas
         self._subscriptions: list[Any] = []
+        self._streams: dict[str, str] = {}  # subject -> the stream that captures it
+        self._warned: set[str] = set()
 
     @classmethod
     async def connect(
@@ -177,23 +194,90 @@ class NatsBus:
         return bool(self._nc.is_connected)
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> int:
+        # Messages pipelined one by one could be stored out of order when a publish fails:
+        # written into the socket of a NATS node that dies, the first few are lost, while
+        # the rest wait in the client's reconnect buffer and are stored on the next node, so
+        # the retry puts the lost ones behind them. A consumer would then apply one account's
+        # events out of order. Each stream's share of the batch goes as one atomic batch
+        # instead (nats-server >= 2.12): stored whole, in order, or not at all.
         if not messages:
             return 0
+        by_stream: dict[str, list[OutgoingMessage]] = {}
+        for message in messages:
+            by_stream.setdefault(await self._stream_of(message.subject), []).append(message)
+        results = await asyncio.gather(
+            *(self._publish_in_order(stream, batch) for stream, batch in by_stream.items()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(r for r in results if isinstance(r, int))
+
+    async def _stream_of(self, subject: str) -> str:
+        stream = self._streams.get(subject)
+        if stream is None:
+            try:
+                stream = await self._js.find_stream_name_by_subject(subject)
+            except nats.js.errors.NotFoundError as exc:
+                raise TransientError(f"no stream captures {subject}") from exc
+            except _NATS_ERRORS as exc:
+                raise TransientError(f"cannot find the stream of {subject}: {exc!r}") from exc
+            self._streams[subject] = stream
+        return stream
+
+    async def _publish_in_order(self, stream: str, messages: Sequence[OutgoingMessage]) -> int:
+        """One stream's messages, in order: atomic batches, each after the one before it."""
+        stored = 0
+        for start in range(0, len(messages), ATOMIC_BATCH_MAX):
+            chunk = messages[start:start + ATOMIC_BATCH_MAX]
+            try:
+                stored += await self._publish_atomic(chunk)
+            except _NotAtomic as exc:
+                # Some of the chunk is stored already (a retry after a lost answer), or the
+                # stream takes no batches: one at a time, each waiting for the one before.
+                if not exc.duplicate and stream not in self._warned:
+                    self._warned.add(stream)  # once: `paystream migrate` turns batches on
+                    log.warning("atomic_publish_refused", stream=stream, error=exc.description)
+                stored += await self._publish_one_by_one(chunk)
+        return stored
+
+    async def _publish_atomic(self, messages: Sequence[OutgoingMessage]) -> int:
+        if len(messages) == 1:
+            return await self._publish_one_by_one(messages)
+        batch_id = uuid.uuid4().hex
+        last = len(messages)
         try:
-            futures = [
-                await self._js.publish_async(
-                    m.subject,
-                    m.data,
-                    headers={"Nats-Msg-Id": m.msg_id},
-                    wait_stall=self._timeout,
-                )
-                for m in messages
-            ]
-            async with asyncio.timeout(self._timeout):
-                acks = await asyncio.gather(*futures)
+            for k, m in enumerate(messages[:-1], start=1):
+                await self._nc.publish(m.subject, m.data, headers={
+                    "Nats-Msg-Id": m.msg_id, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(k),
+                })
+            m = messages[-1]
+            reply = await self._nc.request(m.subject, m.data, timeout=self._timeout, headers={
+                "Nats-Msg-Id": m.msg_id, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(last),
+                "Nats-Batch-Commit": "1",
+            })
+            answer = json.loads(reply.data)
+        except (*_NATS_ERRORS, ValueError) as exc:
+            raise TransientError(f"publish of {last} messages failed: {exc!r}") from exc
+        error = answer.get("error") if isinstance(answer, dict) else {"description": repr(answer)}
+        if error:
+            code = int(error.get("err_code") or 0)
+            if code == ERR_BATCH_DUPLICATE_ID or code in ERRS_ATOMIC_DISABLED:
+                raise _NotAtomic(str(error.get("description")), duplicate=code == ERR_BATCH_DUPLICATE_ID)
+            raise TransientError(f"publish of {last} messages refused: {error}")
+        return int(answer.get("count") or last)
+
+    async def _publish_one_by_one(self, messages: Sequence[OutgoingMessage]) -> int:
+        stored = 0
+        try:
+            for m in messages:
+                ack = await self._js.publish(m.subject, m.data, timeout=self._timeout,
+                                             headers={"Nats-Msg-Id": m.msg_id})
+                stored += 0 if ack.duplicate else 1
         except _NATS_ERRORS as exc:
             raise TransientError(f"publish of {len(messages)} messages failed: {exc!r}") from exc
-        return sum(1 for ack in acks if not ack.duplicate)
+        return stored
 
     async def subscribe(self, consumer: ConsumerSpec) -> NatsSubscription:
         try:
@@ -260,6 +344,7 @@ class NatsBus:
                     duplicate_window=DUPLICATE_WINDOW_SECONDS,
                     max_age=MAX_AGE_SECONDS,
                     num_replicas=self._replicas,
+                    allow_atomic=True,  # see publish
                 )
                 try:
                     await self._js.stream_info(stream.name)
