@@ -33,7 +33,7 @@ lint: $(STAMP)
 
 # The pipeline benchmark of docs/benchmarks.md, on a stack of its own (free ports).
 bench: $(STAMP)
-	$(BIN)/paystream bench --fresh --payments 10000 --concurrency 32 --json bench-pipeline.json
+	$(BIN)/paystream bench --fresh --payments 10000 --concurrency 32 --floor --json bench-pipeline.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

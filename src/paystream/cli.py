@@ -214,6 +214,9 @@ def bench(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Start a stack of its own (free ports, temporary home).")
     ] = False,
+    floor: Annotated[bool, typer.Option(
+        "--floor", help="First the same payments through the pipeline's floor (the same hops, none of our "
+        "logic), then the pipeline; report the pipeline's share of the floor.")] = False,
 ) -> None:
     """Drive payments through the public API, closed loop (N at a concurrency) or open loop
     (--rate for --duration, optionally from --users); report rates and latencies."""
@@ -226,7 +229,7 @@ def bench(
     )
 
     options = BenchOptions(payments=payments, concurrency=concurrency, accounts=accounts, rate=rate,
-                           duration=duration, users=users, json_path=json_path)
+                           duration=duration, users=users, json_path=json_path, floor=floor)
     try:
         check_bench_options(options)
         _drive(run_bench_on_fresh_stack(options, console) if fresh else run_bench(home, options, console),

@@ -46,6 +46,7 @@ from rich.console import Console
 from paystream.platform.config import load_settings
 from paystream.platform.limits import raise_open_files
 from paystream.tools.client import PaystreamClient, StackInfo
+from paystream.tools.floor import FloorFailed, floor_figures, floor_table, measure_floor
 from paystream.tools.invariants import check_invariants
 from paystream.tools.load import (
     EngineOptions,
@@ -87,6 +88,7 @@ class BenchOptions:
     rate: float | None = None  # payments per second, open loop; None: closed loop
     duration: float | None = None  # seconds at ``rate``
     users: int | None = None  # signed-in wallet users sending the payments
+    floor: bool = False  # first the same payments on the floor (tools/floor.py), then the pipeline
     json_path: Path | None = None
 
     @property
@@ -104,6 +106,11 @@ class BenchOptions:
 
 def check_bench_options(options: BenchOptions) -> BenchOptions:
     """Refuse what cannot be run (`BenchError`); return the options with defaults filled in."""
+    if options.floor:
+        for flag, value in (("--rate", options.rate), ("--users", options.users)):
+            if value is not None:
+                raise BenchError(f"--floor and {flag} conflict: the floor is measured closed loop, "
+                                 "at --payments and --concurrency")
     if options.rate is None:
         for flag, value in (("--duration", options.duration), ("--users", options.users)):
             if value is not None:
@@ -261,6 +268,16 @@ async def run_bench(home: Path, options: BenchOptions, console: Console) -> bool
                 if expiring:
                     console.print(f"[yellow]{expiring:,} user tokens expire before the run ends (the setup "
                                   "took long); their later payments will be refused with 401[/yellow]")
+            floor = None
+            if options.floor:
+                console.print("the floor first: the same transfers through HTTP in, one write, a bus hop, "
+                              "one write and a webhook out, with none of paystream's logic")
+                try:
+                    floor = await measure_floor(info.home, receiver, transfers, concurrency=setup_concurrency,
+                                                console=console)
+                except FloorFailed as exc:
+                    console.print(f"[red]{exc}[/red]", markup=False)
+                    return False
             started = time.time()
             result = await run_with_progress(
                 LoadEngine(client, receiver, engine_options, sender_of=sender_of), transfers, console,
@@ -269,11 +286,12 @@ async def run_bench(home: Path, options: BenchOptions, console: Console) -> bool
             if users_ready is not None:
                 await close_users(users_ready.users)
     return await _report(result, options, info, console, started=started, users_ready=users_ready,
-                         setup_errors=errors_before)
+                         setup_errors=errors_before, floor=floor)
 
 
 async def _report(result: LoadResult, options: BenchOptions, info: StackInfo, console: Console, *,
-                  started: float, users_ready: UsersReady | None, setup_errors: int) -> bool:
+                  started: float, users_ready: UsersReady | None, setup_errors: int,
+                  floor: LoadResult | None = None) -> bool:
     """The measured run's tables, invariants, lateness and users' figures; the JSON; the verdict."""
     payments = options.total
     cores = os.cpu_count()
@@ -311,6 +329,13 @@ async def _report(result: LoadResult, options: BenchOptions, info: StackInfo, co
         figures["connection_errors"] = errors
         console.print(f"connection errors during the run: {errors} (setup: {setup_errors}); "
                       f"connections reopened after the server closed them idle: {users_ready.reconnects}")
+    if floor is not None:
+        console.print(floor_table(floor, result))
+        figures.update(floor_figures(floor, result))
+        floor_done = Counter(t.status for t in floor.tracked)["succeeded"]
+        if floor_done != payments:
+            console.print(f"[red]the floor completed {floor_done:,} of {payments:,}: its figure is not one[/red]")
+            ok = False
     if options.json_path is not None:
         options.json_path.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         console.print(f"figures written to {options.json_path}")

@@ -234,6 +234,7 @@ class EngineOptions:
     max_wait: float = 900.0  # and in any case this long after the last submission
     review_interval: float = 0.5
     retries: int = 3  # per POST, same Idempotency-Key, on transport errors, 409, 429 and 5xx
+    accepted_status: int = 202  # the answer that accepts a payment (the floor's is 201: tools/floor.py)
 
 
 def percentile(values: Sequence[float], pct: float) -> float | None:
@@ -486,7 +487,7 @@ class LoadEngine:
                 outcome = f"transport {type(exc).__name__}"
                 continue
             self.answers[response.status_code] += 1
-            if response.status_code == 202:
+            if response.status_code == self._options.accepted_status:
                 self._accept(tracked, response.json(), time.perf_counter() - (began if due is None else due))
                 return
             outcome = f"{response.status_code} {_problem_code(response)}"

@@ -26,6 +26,8 @@ from paystream.notifications.domain import SIGNATURE_HEADER, verify
 MAX_BODY_BYTES = 1024 * 1024
 READ_CHUNK = 64 * 1024
 WEBHOOK_PATH = "/webhooks"
+# The floor's deliveries (tools/floor.py, which signs nothing): accepted only while opened.
+UNSIGNED_PATH = "/unsigned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class WebhookReceiver:
         self._seen: set[str] = set()
         self._subscribers: list[Subscriber] = []
         self.secret: str | None = None
+        self._unsigned = False
         self.stats = ReceiverStats()
 
     @property
@@ -79,6 +82,14 @@ class WebhookReceiver:
             raise RuntimeError("the receiver is not started")
         port = self._server.sockets[0].getsockname()[1]
         return f"http://{self._host}:{port}{WEBHOOK_PATH}"
+
+    def open_unsigned(self) -> str:
+        """Also take unsigned events at `UNSIGNED_PATH` until `close_unsigned`; its URL."""
+        self._unsigned = True
+        return self.url.removesuffix(WEBHOOK_PATH) + UNSIGNED_PATH
+
+    def close_unsigned(self) -> None:
+        self._unsigned = False
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
@@ -146,14 +157,16 @@ class WebhookReceiver:
 
     def _handle(self, request: h11.Request, body: bytes) -> int:
         """The status code to answer with; verified first-seen events reach subscribers."""
-        if request.method != b"POST" or request.target.split(b"?")[0] != WEBHOOK_PATH.encode():
+        path = request.target.split(b"?")[0]
+        unsigned = self._unsigned and path == UNSIGNED_PATH.encode()
+        if request.method != b"POST" or not (unsigned or path == WEBHOOK_PATH.encode()):
             return 404
         received_at = time.perf_counter()
         self.stats.deliveries += 1
         header = _header(request, SIGNATURE_HEADER)
-        if self.secret is None or header is None or not verify(
+        if not unsigned and (self.secret is None or header is None or not verify(
             self.secret, header, body, now=int(time.time())
-        ):
+        )):
             self.stats.invalid += 1
             return 400
         self.stats.valid += 1
