@@ -266,8 +266,8 @@ class FloorClient(PaystreamClient):
     """The bench's own client (same httpx pools, same requests) pointed at the floor: a
     payment's POST goes to ``/pay``; the token is a constant, since the floor checks none."""
 
-    def __init__(self, url: str, *, max_connections: int) -> None:
-        super().__init__(url, "floor", "", max_connections=max_connections)
+    def __init__(self, url: str, *, max_connections: int, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(url, "floor", "", max_connections=max_connections, transport=transport)
 
     async def token(self) -> str:
         return "floor"
