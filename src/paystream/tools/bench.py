@@ -10,6 +10,11 @@ latency p50/p99 and the invariant check; ``--json`` writes the same figures to a
 Keep ``payments / accounts`` well under the velocity limit per minute, or the velocity
 rule will (rightly) decline some transfers and the run measures something else.
 
+With ``--floor`` the same transfers first go through the pipeline's floor (`floor`: HTTP
+in, one PostgreSQL write, a bus hop, another write, a webhook out, none of our logic) on the
+same stack, from the same client at the same concurrency; the report adds the floor's
+figures and the pipeline's accepted/s as a share of the floor's. Closed loop only.
+
 Latency at a given load (``--rate R --duration S``): the same setup, then ``R * S``
 transfers sent open loop by the load engine (`load.LoadEngine` with ``rate``, as
 `paystream gameday` sends them): each is due at a fixed time, a slow answer holds up no

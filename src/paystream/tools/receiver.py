@@ -3,7 +3,8 @@
 It listens on 127.0.0.1 (a free port), verifies each delivery's ``Paystream-Signature``
 with the endpoint's secret, de-duplicates by event id and tells its subscribers the
 status the event announces. It answers at once (204 when accepted, 400 when the
-signature is wrong), so it never slows the delivery worker down.
+signature is wrong), so it never slows the delivery worker down. While `open_unsigned`, it
+also takes the unsigned events of the pipeline's floor (tools/floor.py) at a path of their own.
 
 HTTP/1.1 is parsed by ``h11`` on asyncio's own server, which keeps the receiver small
 and leaves signal handling (Ctrl-C) to the program that runs it.
