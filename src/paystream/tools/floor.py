@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from paystream.contracts.topology import ConsumerSpec, StreamSpec
 from paystream.platform.bus import OutgoingMessage
 from paystream.platform.config import load_settings
 from paystream.platform.db import create_pool
+from paystream.platform.errors import TransientError
 from paystream.platform.home import read_stack
 from paystream.platform.nats_bus import NatsBus
 from paystream.stack.ports import free_port
@@ -245,7 +245,11 @@ async def consume(home: Path, webhook_url: str, ready: Path) -> None:
         subscription = await bus.subscribe(CONSUMER)
         ready.touch()
         while not stopping.is_set():
-            deliveries = await subscription.fetch(settings.consumer_batch, timeout=1.0)
+            try:
+                deliveries = await subscription.fetch(settings.consumer_batch, timeout=1.0)
+            except TransientError:  # NATS away for a moment: the client reconnects by itself
+                await asyncio.sleep(0.5)
+                continue
             if not deliveries:
                 continue
             ids = [str(orjson.loads(d.data)["id"]) for d in deliveries]
@@ -286,7 +290,7 @@ async def _start(args: Sequence[str], log: Path) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "paystream.tools.floor", *args,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )
 
 
@@ -314,10 +318,10 @@ async def running_floor(home: Path, webhook_url: str) -> AsyncIterator[str]:
     ready = {name: logs / f"floor-{name}.ready" for name in ("serve", "consume")}
     for path in ready.values():
         path.unlink(missing_ok=True)
-    await provision(home)
     port = free_port()
     processes: dict[str, asyncio.subprocess.Process] = {}
     try:
+        await provision(home)
         processes["serve"] = await _start(["serve", "--home", str(home), "--port", str(port),
                                            "--ready", str(ready["serve"])], logs / "floor-serve.log")
         processes["consume"] = await _start(["consume", "--home", str(home), "--webhook", webhook_url,
@@ -342,13 +346,14 @@ async def measure_floor(home: Path, receiver: WebhookReceiver, transfers: Sequen
                         concurrency: int, console: Console) -> LoadResult:
     """The bench's closed loop (same engine, client code, payments and concurrency) run on
     the floor; a payment is complete when the floor's webhook for it reaches ``receiver``."""
-    async with running_floor(home, receiver.open_unsigned()) as url, \
-            FloorClient(url, max_connections=concurrency + 16) as client:
-        engine = LoadEngine(client, receiver, EngineOptions(concurrency=concurrency, accepted_status=201))
-        try:
+    webhook_url = receiver.open_unsigned()
+    try:
+        async with running_floor(home, webhook_url) as url, \
+                FloorClient(url, max_connections=concurrency + 16) as client:
+            engine = LoadEngine(client, receiver, EngineOptions(concurrency=concurrency, accepted_status=201))
             return await run_with_progress(engine, transfers, console, "floor: transfers")
-        finally:
-            receiver.close_unsigned()
+    finally:
+        receiver.close_unsigned()
 
 
 # -- the report ---------------------------------------------------------------------------------
