@@ -23,9 +23,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,45 +34,31 @@ from paystream.tools.floor import FloorClient, running_floor
 from paystream.tools.fresh import fresh_stack
 from paystream.tools.load import EngineOptions, LoadEngine, PaymentSpec, run_with_progress
 from paystream.tools.receiver import WebhookReceiver
-from tests.benchmarks.profile_pipeline import SAMPLE_RATE, Snapshot, cpu_by_group, cpu_seconds, profile_table
+from tests.benchmarks.profile_pipeline import (
+    SAMPLE_RATE,
+    Snapshot,
+    cpu_by_group,
+    cpu_table,
+    find_py_spy,
+    group_of,
+    profile_table,
+    start_py_spy,
+    stop_py_spies,
+)
+from tests.benchmarks.profile_pipeline import snapshot as pipeline_snapshot
 
-
-def group_of(process: psutil.Process) -> str | None:
-    """Which row a process's CPU counts in (None: not part of the floor's run)."""
-    try:
-        if process.pid == os.getpid():
-            return "bench client"
-        name = process.name()
-        cmdline = process.cmdline()
-    except psutil.Error:
-        return None
-    if name.startswith("postgres") or (cmdline and "postgres" in Path(cmdline[0]).name):
-        return "PostgreSQL"
-    if "nats-server" in name:
-        return "nats-server"
-    if "paystream.tools.floor" in cmdline:
-        return f"floor {cmdline[cmdline.index('paystream.tools.floor') + 1]}"
-    return None
+ROWS = ("bench client", "PostgreSQL", "nats-server", "floor serve", "floor consume")  # not the idle services
 
 
 def snapshot(supervisor: psutil.Process) -> Snapshot:
-    seen: Snapshot = {}
-    me = psutil.Process()
-    for process in [me, *me.children(recursive=True), *supervisor.children(recursive=True)]:
-        group = group_of(process)
-        if group is None:
-            continue
-        try:
-            seen[process.pid] = (group, cpu_seconds(process))
-        except psutil.Error:
-            continue
-    return seen
+    """This process (the bench client), the floor's processes and the stack's servers."""
+    return {pid: row for pid, row in pipeline_snapshot(supervisor, os.getpid()).items() if row[0] in ROWS}
 
 
 def floor_pids() -> dict[str, int]:
     pids = {}
     for process in psutil.Process().children(recursive=True):
-        group = group_of(process)
+        group = group_of(process, os.getpid())
         if group is not None and group.startswith("floor "):
             pids[group.replace(" ", "-")] = process.pid
     return pids
@@ -92,13 +75,8 @@ async def measure(args: argparse.Namespace, py_spy: Path) -> tuple[dict[str, Any
             running_floor(home, receiver.open_unsigned()) as url, \
             FloorClient(url, max_connections=args.concurrency + 16) as client:
         supervisor = psutil.Process(json.loads((home / "stack.json").read_text())["supervisor_pid"])
-        spies = []
-        for name, pid in ({} if args.no_profile else floor_pids()).items():
-            with (args.out / f"{name}.spy.log").open("wb") as spy_log:
-                spies.append(await asyncio.create_subprocess_exec(
-                    str(py_spy), "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--format", "raw",
-                    "--output", str(args.out / f"{name}.txt"), "--nonblocking",
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=spy_log))
+        spies = [await start_py_spy(py_spy, name, pid, args.out)
+                 for name, pid in ({} if args.no_profile else floor_pids()).items()]
         engine = LoadEngine(client, receiver, EngineOptions(concurrency=args.concurrency, accepted_status=201))
         before = after = snapshot(supervisor)
         started = time.monotonic()
@@ -108,9 +86,7 @@ async def measure(args: argparse.Namespace, py_spy: Path) -> tuple[dict[str, Any
             await asyncio.wait({run}, timeout=0.5)
         after = {**after, **snapshot(supervisor)}
         elapsed = time.monotonic() - started
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        await asyncio.wait_for(asyncio.gather(*(spy.wait() for spy in spies)), 60)
+        await stop_py_spies(spies)
     return run.result().figures(), before, after, elapsed
 
 
@@ -123,9 +99,7 @@ def main() -> None:
                         help="CPU per process only: py-spy's sampling takes CPU of the same cores")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    py_spy = Path(sys.executable).with_name("py-spy")
-    if not py_spy.exists() and not args.no_profile:
-        raise SystemExit("py-spy is not installed in this environment (it is in paystream's test extra)")
+    py_spy = find_py_spy(args.no_profile)
 
     figures, before, after, elapsed = asyncio.run(measure(args, py_spy))
 
@@ -138,13 +112,8 @@ def main() -> None:
         f"floor: {figures['accepted_per_second']} accepted/s, {figures['completed_per_second']} completed/s; "
         f"run {elapsed:.0f} s, {total_cpu:.0f} CPU-seconds in all",
         "",
-        "| process | CPU-seconds | share | CPU per payment |",
-        "|---|---:|---:|---:|",
+        *cpu_table(cpu, args.payments),
     ]
-    for group, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
-        lines.append(f"| {group} | {seconds:.1f} | {seconds / total_cpu:.1%} | "
-                     f"{seconds / args.payments * 1000:.2f} ms |")
-    lines.append(f"| **all** | {total_cpu:.1f} | 100 % | {total_cpu / args.payments * 1000:.2f} ms |")
     profiles: dict[str, Any] = {}
     for path in [] if args.no_profile else sorted(args.out.glob("floor-*.txt")):
         samples, own, _ours = profile_table(path.read_text())

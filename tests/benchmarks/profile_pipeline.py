@@ -57,6 +57,8 @@ def group_of(process: psutil.Process, bench_pid: int) -> str | None:
         return "nats-server"
     if "redis" in name:
         return "Redis"
+    if "paystream.tools.floor" in cmdline:  # the pipeline's floor (profile_floor.py)
+        return f"floor {cmdline[cmdline.index('paystream.tools.floor') + 1]}"
     if "serve" in cmdline:
         return str(cmdline[cmdline.index("serve") + 1])
     return None
@@ -71,7 +73,8 @@ def snapshot(supervisor: psutil.Process, bench_pid: int) -> Snapshot:
     seen: dict[int, tuple[str, float]] = {}
     candidates = [*supervisor.children(recursive=True)]
     try:
-        candidates.append(psutil.Process(bench_pid))
+        bench = psutil.Process(bench_pid)
+        candidates += [bench, *bench.children(recursive=True)]
     except psutil.Error:
         pass
     for process in candidates:
@@ -143,6 +146,39 @@ def service_pids(stack: dict[str, Any]) -> dict[str, int]:
             if name.split("-")[0] in {"gateway", "payments", "fraud", "ledger", "notifications"}}
 
 
+def cpu_table(cpu: dict[str, float], payments: int) -> list[str]:
+    """Markdown rows: each process's CPU-seconds, share and CPU per payment, then all of them."""
+    total = sum(cpu.values())
+    lines = ["| process | CPU-seconds | share | CPU per payment |", "|---|---:|---:|---:|"]
+    for group, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
+        lines.append(f"| {group} | {seconds:.1f} | {seconds / total:.1%} | {seconds / payments * 1000:.2f} ms |")
+    lines.append(f"| **all** | {total:.1f} | 100 % | {total / payments * 1000:.2f} ms |")
+    return lines
+
+
+def find_py_spy(no_profile: bool) -> Path:
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists() and not no_profile:
+        raise SystemExit("py-spy is not installed in this environment (it is in paystream's test extra)")
+    return py_spy
+
+
+async def start_py_spy(py_spy: Path, name: str, pid: int, out: Path) -> asyncio.subprocess.Process:
+    """``py-spy record`` of ``pid`` at `SAMPLE_RATE` into ``out/<name>.txt`` (collapsed stacks)."""
+    with (out / f"{name}.spy.log").open("wb") as spy_log:
+        return await asyncio.create_subprocess_exec(
+            str(py_spy), "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--format", "raw",
+            "--output", str(out / f"{name}.txt"), "--nonblocking",
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=spy_log,
+        )
+
+
+async def stop_py_spies(spies: list[asyncio.subprocess.Process]) -> None:
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    await asyncio.wait_for(asyncio.gather(*(spy.wait() for spy in spies)), 60)
+
+
 async def measure(args: argparse.Namespace, py_spy: Path) -> tuple[dict[str, Any], Snapshot, Snapshot, float]:
     """Run the bench against a stack of its own with py-spy on every service; the stack's
     description, the CPU snapshots before and after, and the seconds the bench took."""
@@ -157,14 +193,8 @@ async def measure(args: argparse.Namespace, py_spy: Path) -> tuple[dict[str, Any
                 stdin=subprocess.DEVNULL, stdout=bench_log, stderr=subprocess.STDOUT,
             )
         before = after = snapshot(supervisor, bench.pid)
-        spies = []
-        for name, pid in ({} if args.no_profile else service_pids(stack)).items():
-            with (args.out / f"{name}.spy.log").open("wb") as spy_log:
-                spies.append(await asyncio.create_subprocess_exec(
-                    str(py_spy), "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--format", "raw",
-                    "--output", str(args.out / f"{name}.txt"), "--nonblocking",
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=spy_log,
-                ))
+        spies = [await start_py_spy(py_spy, name, pid, args.out)
+                 for name, pid in ({} if args.no_profile else service_pids(stack)).items()]
         started = time.monotonic()
         finished = asyncio.ensure_future(bench.wait())
         while not finished.done():  # the bench client's own CPU is lost once it exits: sample as it goes
@@ -172,9 +202,7 @@ async def measure(args: argparse.Namespace, py_spy: Path) -> tuple[dict[str, Any
             await asyncio.wait({finished}, timeout=0.5)
         after = {**after, **snapshot(supervisor, bench.pid)}
         elapsed = time.monotonic() - started
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        await asyncio.wait_for(asyncio.gather(*(spy.wait() for spy in spies)), 60)
+        await stop_py_spies(spies)
     return stack, before, after, elapsed
 
 
@@ -188,9 +216,7 @@ def main() -> None:
                         help="CPU per process only: py-spy's sampling takes CPU of the same cores")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    py_spy = Path(sys.executable).with_name("py-spy")
-    if not py_spy.exists() and not args.no_profile:
-        raise SystemExit("py-spy is not installed in this environment (it is in paystream's test extra)")
+    py_spy = find_py_spy(args.no_profile)
 
     stack, before, after, elapsed = asyncio.run(measure(args, py_spy))
 
@@ -206,12 +232,8 @@ def main() -> None:
         f"completed/s; whole run {elapsed:.0f} s, {total_cpu:.0f} CPU-seconds in all "
         f"({total_cpu / elapsed / (os.cpu_count() or 1):.0%} of the cores)",
         "",
-        "| process | CPU-seconds | share | CPU per payment |",
-        "|---|---:|---:|---:|",
+        *cpu_table(cpu, payments),
     ]
-    for group, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
-        lines.append(f"| {group} | {seconds:.1f} | {seconds / total_cpu:.1%} | {seconds / payments * 1000:.2f} ms |")
-    lines.append(f"| **all** | {total_cpu:.1f} | 100 % | {total_cpu / payments * 1000:.2f} ms |")
     profiles: dict[str, Any] = {}
     for name in [] if args.no_profile else sorted(service_pids(stack)):
         path = args.out / f"{name}.txt"

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, cast
 
 import httpx
 import pytest
-from typer.testing import CliRunner
 
-from paystream.cli import app
 from paystream.tools.bench import BenchError, BenchOptions, check_bench_options
 from paystream.tools.client import PaystreamClient
 from paystream.tools.load import (
@@ -198,11 +196,6 @@ def test_a_rate_sends_rate_times_duration_payments() -> None:
     (["--rate", "10", "--payments", "100"], "--payments and --rate conflict"),
     (["--rate", "10", "--concurrency", "8"], "--concurrency and --rate conflict"),
 ])
-def test_bad_bench_input_is_one_line_and_exit_2(args: list[str], says: str, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["bench", *args, "--home", str(tmp_path)])
-
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and says in lines[0], result.output
-    assert "Traceback" not in result.output
+def test_bad_bench_input_is_one_line_and_exit_2(args: list[str], says: str,
+                                                refused: Callable[[list[str]], str]) -> None:
+    assert says in refused(["bench", *args])
