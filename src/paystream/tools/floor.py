@@ -106,21 +106,7 @@ async def provision(home: Path) -> None:
         await conn.execute(TABLES)
     finally:
         await conn.close()
-    await remove_stream(home)  # left by an earlier run that was killed: start empty
-    bus = await _connect_bus(_nats_urls(home), "paystream-floor-setup")
-    try:
-        await bus.ensure_topology([STREAM], [CONSUMER])
-    finally:
-        await bus.close()
-
-
-async def remove_stream(home: Path) -> None:
-    nc = await nats.connect(_nats_urls(home).split(","), connect_timeout=5)
-    try:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await nc.jetstream().delete_stream(STREAM.name)
-    finally:
-        await nc.close()
+    await _stream(home, make=True)
 
 
 async def unprovision(home: Path) -> None:
@@ -130,7 +116,21 @@ async def unprovision(home: Path) -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     finally:
         await conn.close()
-    await remove_stream(home)
+    await _stream(home, make=False)
+
+
+async def _stream(home: Path, *, make: bool) -> None:
+    """Delete the ``FLOOR`` stream (one left by a killed run too); with ``make``, make it again
+    as the stack's streams are made. A plain connection: the bench's console gets no NATS logs."""
+    urls = _nats_urls(home)
+    nc = await nats.connect(urls.split(","), connect_timeout=5)
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await nc.jetstream().delete_stream(STREAM.name)
+        if make:
+            await NatsBus(nc, replicas=_replicas(urls)).ensure_topology([STREAM], [CONSUMER])
+    finally:
+        await nc.close()
 
 
 # -- serve: HTTP in, one write, a publish -------------------------------------------------------
