@@ -33,6 +33,7 @@ from paystream.fraud.domain import default_rules
 from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore
 from paystream.fraud.velocity import VelocityCounter
+from paystream.gateway.audit import AuditRecord
 from paystream.gateway.domain import idempotency_verdict
 from paystream.gateway.identity.clients import ClientStore, secret_matches
 from paystream.gateway.store import LEASE, IdempotencyStore
@@ -769,6 +770,39 @@ async def test_gateway_idempotency_first_claim_then_in_progress_then_replay(gate
     assert (after.status_code, after.response_body, after.response_type) == (
         202, b'{"id": "pay_1"}', "application/json"
     )
+
+
+async def test_gateway_idempotency_finish_stores_the_answer_and_its_audit_record_together(
+    gateway: Any,
+) -> None:
+    store, now = IdempotencyStore(), datetime.now(UTC)
+    record = AuditRecord(actor="cli_1", source="127.0.0.1", action="POST /v1/payments", outcome=202,
+                         tenant_id="ten_1", object_id="pay_1", correlation_id="corr-1")
+    async with gateway.acquire() as conn:
+        await store.begin(conn, "cli_1", "key-a", "fp-a", now)
+        await store.finish(conn, "cli_1", "key-a", 202, b'{"id": "pay_1"}', "application/json", record)
+        after = await store.begin(conn, "cli_1", "key-a", "fp-a", now)
+        audited = await conn.fetch("SELECT actor, action, outcome, object_id, correlation_id "
+                                   "FROM audit_log WHERE correlation_id = 'corr-1'")
+    assert after is not None and idempotency_verdict(after, "fp-a", now) == "replay"
+    assert [tuple(r) for r in audited] == [("cli_1", "POST /v1/payments", 202, "pay_1", "corr-1")]
+
+
+async def test_gateway_idempotency_finish_whose_audit_record_fails_stores_no_answer(
+    gateway: Any,
+) -> None:
+    store, now = IdempotencyStore(), datetime.now(UTC)
+    # outcome NULL breaks the audit_log's NOT NULL: the stored answer must not survive it.
+    broken = AuditRecord(actor="cli_1", source="127.0.0.1", action="POST /v1/payments",
+                         outcome=None, correlation_id="corr-2")  # type: ignore[arg-type]
+    async with gateway.acquire() as conn:
+        await store.begin(conn, "cli_1", "key-b", "fp-a", now)
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await store.finish(conn, "cli_1", "key-b", 202, b"{}", "application/json", broken)
+        still = await store.begin(conn, "cli_1", "key-b", "fp-a", now)
+        audited = await conn.fetchval("SELECT count(*) FROM audit_log WHERE correlation_id = 'corr-2'")
+    assert still is not None and idempotency_verdict(still, "fp-a", now) == "in_progress"
+    assert audited == 0
 
 
 async def test_gateway_idempotency_key_reused_for_another_request_is_a_mismatch(
