@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -49,8 +50,8 @@ from paystream.ledger.handlers import LedgerHandlers
 from paystream.ledger.store import LedgerStore, account_body
 from paystream.notifications.handlers import NotificationHandlers, webhook_body
 from paystream.notifications.store import NotificationsStore
-from paystream.payments.domain import NewPayment
-from paystream.payments.handlers import PaymentHandlers
+from paystream.payments.domain import ExchangeTerms, NewPayment
+from paystream.payments.handlers import PaymentHandlers, order_of
 from paystream.payments.store import PaymentsStore
 from paystream.platform.db import create_pool
 from paystream.platform.errors import Conflict, PoisonMessage
@@ -354,6 +355,28 @@ async def test_payments_create_writes_payment_timeline_and_outbox_event_together
         payment_id=values.id, tenant_id=TENANT, kind="transfer", source_account_id="acc_src",
         destination_account_id="acc_dst", amount=500, currency="EUR",
     )
+
+
+async def test_payments_create_publishes_the_order_the_stored_row_makes(payments: Any) -> None:
+    # The event is built before the row is written (both go in one statement): it must say
+    # what the row says, for a payment across currencies and for a refund too.
+    handlers = PaymentHandlers(PaymentsStore(), Outbox(4))
+    exchange = replace(_payment_values("idem-x"), amount=Money(1_000, "EUR"), exchange=ExchangeTerms(
+        received=Money(1_083, "USD"), rate=Decimal("1.083")))
+    plain = _payment_values("idem-p")
+    refund = replace(_payment_values("idem-r", 200), kind="refund", source_account_id=AccountId("acc_dst"),
+                     destination_account_id=AccountId("acc_src"), refund_of=plain.id)
+    async with payments.acquire() as conn:
+        for new in (plain, exchange, refund):
+            await handlers.create(conn, new, "corr")
+        rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM payments")}
+    events = await _outbox_events(payments)
+    assert len(events) == 3
+    for event in events:
+        order = msgspec.convert(event.payload, PaymentInitiated).order
+        assert order == order_of(rows[order.payment_id])
+        assert event.occurred_at == rows[order.payment_id]["created_at"]
+    assert {e.payload["order"]["destination_currency"] for e in events} == {None, "USD"}
 
 
 async def test_payments_create_rolled_back_leaves_neither_payment_nor_outbox_event(
