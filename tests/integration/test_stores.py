@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -33,6 +34,7 @@ from paystream.fraud.domain import default_rules
 from paystream.fraud.handlers import FraudHandlers
 from paystream.fraud.store import FraudStore
 from paystream.fraud.velocity import VelocityCounter
+from paystream.gateway.audit import AuditRecord
 from paystream.gateway.domain import idempotency_verdict
 from paystream.gateway.identity.clients import ClientStore, secret_matches
 from paystream.gateway.store import LEASE, IdempotencyStore
@@ -48,8 +50,8 @@ from paystream.ledger.handlers import LedgerHandlers
 from paystream.ledger.store import LedgerStore, account_body
 from paystream.notifications.handlers import NotificationHandlers, webhook_body
 from paystream.notifications.store import NotificationsStore
-from paystream.payments.domain import NewPayment
-from paystream.payments.handlers import PaymentHandlers
+from paystream.payments.domain import ExchangeTerms, NewPayment
+from paystream.payments.handlers import PaymentHandlers, order_of
 from paystream.payments.store import PaymentsStore
 from paystream.platform.db import create_pool
 from paystream.platform.errors import Conflict, PoisonMessage
@@ -353,6 +355,28 @@ async def test_payments_create_writes_payment_timeline_and_outbox_event_together
         payment_id=values.id, tenant_id=TENANT, kind="transfer", source_account_id="acc_src",
         destination_account_id="acc_dst", amount=500, currency="EUR",
     )
+
+
+async def test_payments_create_publishes_the_order_the_stored_row_makes(payments: Any) -> None:
+    # The event is built before the row is written (both go in one statement): it must say
+    # what the row says, for a payment across currencies and for a refund too.
+    handlers = PaymentHandlers(PaymentsStore(), Outbox(4))
+    exchange = replace(_payment_values("idem-x"), amount=Money(1_000, "EUR"), exchange=ExchangeTerms(
+        received=Money(1_083, "USD"), rate=Decimal("1.083")))
+    plain = _payment_values("idem-p")
+    refund = replace(_payment_values("idem-r", 200), kind="refund", source_account_id=AccountId("acc_dst"),
+                     destination_account_id=AccountId("acc_src"), refund_of=plain.id)
+    async with payments.acquire() as conn:
+        for new in (plain, exchange, refund):
+            await handlers.create(conn, new, "corr")
+        rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM payments")}
+    events = await _outbox_events(payments)
+    assert len(events) == 3
+    for event in events:
+        order = msgspec.convert(event.payload, PaymentInitiated).order
+        assert order == order_of(rows[order.payment_id])
+        assert event.occurred_at == rows[order.payment_id]["created_at"]
+    assert {e.payload["order"]["destination_currency"] for e in events} == {None, "USD"}
 
 
 async def test_payments_create_rolled_back_leaves_neither_payment_nor_outbox_event(
@@ -769,6 +793,39 @@ async def test_gateway_idempotency_first_claim_then_in_progress_then_replay(gate
     assert (after.status_code, after.response_body, after.response_type) == (
         202, b'{"id": "pay_1"}', "application/json"
     )
+
+
+async def test_gateway_idempotency_finish_stores_the_answer_and_its_audit_record_together(
+    gateway: Any,
+) -> None:
+    store, now = IdempotencyStore(), datetime.now(UTC)
+    record = AuditRecord(actor="cli_1", source="127.0.0.1", action="POST /v1/payments", outcome=202,
+                         tenant_id="ten_1", object_id="pay_1", correlation_id="corr-1")
+    async with gateway.acquire() as conn:
+        await store.begin(conn, "cli_1", "key-a", "fp-a", now)
+        await store.finish(conn, "cli_1", "key-a", 202, b'{"id": "pay_1"}', "application/json", record)
+        after = await store.begin(conn, "cli_1", "key-a", "fp-a", now)
+        audited = await conn.fetch("SELECT actor, action, outcome, object_id, correlation_id "
+                                   "FROM audit_log WHERE correlation_id = 'corr-1'")
+    assert after is not None and idempotency_verdict(after, "fp-a", now) == "replay"
+    assert [tuple(r) for r in audited] == [("cli_1", "POST /v1/payments", 202, "pay_1", "corr-1")]
+
+
+async def test_gateway_idempotency_finish_whose_audit_record_fails_stores_no_answer(
+    gateway: Any,
+) -> None:
+    store, now = IdempotencyStore(), datetime.now(UTC)
+    # outcome NULL breaks the audit_log's NOT NULL: the stored answer must not survive it.
+    broken = AuditRecord(actor="cli_1", source="127.0.0.1", action="POST /v1/payments",
+                         outcome=None, correlation_id="corr-2")  # type: ignore[arg-type]
+    async with gateway.acquire() as conn:
+        await store.begin(conn, "cli_1", "key-b", "fp-a", now)
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await store.finish(conn, "cli_1", "key-b", 202, b"{}", "application/json", broken)
+        still = await store.begin(conn, "cli_1", "key-b", "fp-a", now)
+        audited = await conn.fetchval("SELECT count(*) FROM audit_log WHERE correlation_id = 'corr-2'")
+    assert still is not None and idempotency_verdict(still, "fp-a", now) == "in_progress"
+    assert audited == 0
 
 
 async def test_gateway_idempotency_key_reused_for_another_request_is_a_mismatch(

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from paystream.tools.gameday import (
-    GamedayError,
-    GamedayOptions,
-    Sampler,
-    StackHandle,
-    Timeline,
-    _seconds,
-    check_options,
-    fresh_stack_env,
-    stuck_in_processing,
-)
+from paystream.tools.gameday import GamedayOptions, check_options, fresh_stack_env
+from paystream.tools.gameday_stack import GamedayError, Sampler, StackHandle, Timeline
+from paystream.tools.gameday_verdict import per_second, stuck_in_processing
 from paystream.tools.load import LoadResult, PaymentSpec, Tracked
 
 
@@ -79,7 +71,7 @@ def test_per_second_rows_count_offered_accepted_and_completed_with_their_p99() -
     tracked = [_tracked(100.2, 100.3, terminal=101.5), _tracked(100.6, 101.1, terminal=101.9),
                _tracked(101.0, None)]
     result = LoadResult(tracked=tracked, submit_seconds=1.0, first_sent=100.0, polls=0, reviews_decided=0)
-    rows = _seconds(result, 100.0, 2.0)
+    rows = per_second(result, 100.0, 2.0)
     assert [(r["offered"], r["accepted"], r["completed"]) for r in rows] == [(2, 1, 0), (1, 1, 2), (0, 0, 0)]
     assert rows[0]["api_p99_ms"] == 100.0
     assert rows[1]["e2e_p99_ms"] == pytest.approx(1300.0)

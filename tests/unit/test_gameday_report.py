@@ -12,16 +12,8 @@ from typing import Any
 import pytest
 
 from paystream.tools.alerts_eval import AlertsOutcome, FiredAlert
-from paystream.tools.gameday_report import (
-    Frame,
-    decades,
-    max_lines,
-    nice_ticks,
-    readiness_rows,
-    render_html,
-    segments,
-    write_report,
-)
+from paystream.tools.gameday_charts import Frame, decades, nice_ticks
+from paystream.tools.gameday_report import max_lines, readiness_rows, render_html, segments, write_report
 
 CHART_TITLES = (
     "Payments per second",

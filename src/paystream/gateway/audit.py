@@ -65,13 +65,25 @@ def record_hash(prev_hash: bytes, chain_seq: int, row: Any) -> bytes:
     return hashlib.sha256(prev_hash + orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).digest()
 
 
+def insert_statement(first: int = 1) -> str:
+    """The INSERT of one record, its eight parameters numbered from ``$first`` (so that it can
+    follow another statement's parameters in one round trip)."""
+    marks = ", ".join(f"${first + k}" for k in range(8))
+    return ("INSERT INTO audit_log (tenant_id, actor, user_id, source, action, object_id, outcome, "
+            f"correlation_id) VALUES ({marks})")
+
+
+def insert_values(record: AuditRecord) -> tuple[object, ...]:
+    """The parameters of `insert_statement`, in its order."""
+    return (record.tenant_id, record.actor[:128], record.user_id, record.source[:64],
+            record.action[:200], record.object_id, record.outcome, record.correlation_id)
+
+
+_INSERT = insert_statement()
+
+
 async def append(conn: asyncpg.Connection, record: AuditRecord) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (tenant_id, actor, user_id, source, action, object_id, outcome, "
-        "correlation_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        record.tenant_id, record.actor[:128], record.user_id, record.source[:64],
-        record.action[:200], record.object_id, record.outcome, record.correlation_id,
-    )
+    await conn.execute(_INSERT, *insert_values(record))
 
 
 async def chain_pending(conn: asyncpg.Connection, *, limit: int = CHAIN_BATCH) -> int:

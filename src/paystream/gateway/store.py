@@ -8,6 +8,8 @@ from pathlib import Path
 
 import asyncpg
 
+from paystream.gateway import audit
+from paystream.gateway.audit import AuditRecord
 from paystream.gateway.domain import StoredKey
 from paystream.platform.db import create_pool
 from paystream.platform.home import database_url
@@ -15,6 +17,11 @@ from paystream.platform.home import database_url
 SCHEMA = "gateway"
 
 LEASE = timedelta(seconds=60)
+
+# A data-modifying WITH runs whether or not the INSERT reads it: both in one statement.
+_FINISH_ONLY = ("UPDATE idempotency_keys SET state = 'done', status_code = $3, response_body = $4, "
+                "response_type = $5 WHERE client_id = $1 AND key = $2")
+_FINISH = f"WITH done AS ({_FINISH_ONLY}) {audit.insert_statement(first=6)}"
 
 
 async def gateway_pool(home: Path, url: str | None = None) -> asyncpg.Pool:
@@ -63,13 +70,15 @@ class IdempotencyStore:
         return bool(taken)
 
     async def finish(
-        self, conn: asyncpg.Connection, client_id: str, key: str, status: int, body: bytes, media_type: str
+        self, conn: asyncpg.Connection, client_id: str, key: str, status: int, body: bytes, media_type: str,
+        record: AuditRecord | None = None,
     ) -> None:
-        await conn.execute(
-            "UPDATE idempotency_keys SET state = 'done', status_code = $3, response_body = $4, "
-            "response_type = $5 WHERE client_id = $1 AND key = $2",
-            client_id, key, status, body, media_type,
-        )
+        """Store the answer and append the request's audit ``record``: one statement, so one round
+        trip and one commit (a transaction around two statements would be four round trips)."""
+        if record is None:
+            await conn.execute(_FINISH_ONLY, client_id, key, status, body, media_type)
+            return
+        await conn.execute(_FINISH, client_id, key, status, body, media_type, *audit.insert_values(record))
 
     async def abandon(self, conn: asyncpg.Connection, client_id: str, key: str) -> None:
         """Forget a key whose request could not be completed, so a retry runs it again."""

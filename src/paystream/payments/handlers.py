@@ -160,31 +160,22 @@ class PaymentHandlers:
     async def create(
         self, conn: asyncpg.Connection, new: NewPayment, correlation_id: str
     ) -> tuple[Body, bool]:
-        """Store a new payment and its ``payments.initiated`` event in one transaction.
+        """Store a new payment and its ``payments.initiated`` event in one statement.
 
         Returns (payment, created); ``created`` is False when the idempotency key
         already named a payment, which is returned unchanged.
         """
-        async with conn.transaction():
-            row, created = await self._store.insert_payment(conn, new)
-            tracing.annotate(payment_id=row["id"])  # on the request's span, when tracing is on
-            payment = Payment.body(row)
-            if not created:
-                return payment, False
-            order = order_of(row)
-            envelope = make_envelope(
-                PaymentInitiated(order=order),
-                partition_key=order.account_key,
-                correlation_id=correlation_id or row["id"],
-                occurred_at=row["created_at"],
-            )
-            await self._store.add_timeline(
-                conn,
-                [TimelineRow(envelope.id, row["id"], "payment.created", "processing", None)],
-                row["created_at"],
-            )
-            await self._outbox.add(conn, [envelope])
-        return payment, True
+        order = order_of_new(new)
+        envelope = make_envelope(
+            PaymentInitiated(order=order),
+            partition_key=order.account_key,
+            correlation_id=correlation_id or new.id,
+            occurred_at=new.created_at,
+        )
+        row, created = await self._store.insert_payment(
+            conn, new, initiated=self._outbox.rows([envelope]), timeline_id=envelope.id)
+        tracing.annotate(payment_id=row["id"])  # on the request's span, when tracing is on
+        return Payment.body(row), created
 
     async def on_outcomes(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
         """Fraud and ledger outcomes for a batch of payments, applied in delivery order."""
@@ -308,6 +299,24 @@ def order_of(row: asyncpg.Record | dict[str, Any]) -> PaymentOrder:
         refund_of=row["refund_of"],
         destination_amount=row["destination_amount"],
         destination_currency=row["destination_currency"],
+    )
+
+
+def order_of_new(payment: NewPayment) -> PaymentOrder:
+    """`order_of` the row ``payment`` becomes: known before it is written, so the payment and
+    its event go in one statement."""
+    exchange = payment.exchange
+    return PaymentOrder(
+        payment_id=payment.id,
+        tenant_id=payment.tenant_id,
+        kind=payment.kind,
+        source_account_id=payment.source_account_id,
+        destination_account_id=payment.destination_account_id,
+        amount=payment.amount.amount,
+        currency=payment.amount.currency,
+        refund_of=payment.refund_of,
+        destination_amount=exchange.received.amount if exchange else None,
+        destination_currency=exchange.received.currency if exchange else None,
     )
 
 

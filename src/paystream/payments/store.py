@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from paystream.payments.domain import DirectoryEntry, NewPayment
+from paystream.platform.outbox import OutboxRows
 
 _COLUMNS = (
     "id, tenant_id, kind, status, amount, currency, source_account_id, destination_account_id, "
@@ -53,17 +54,25 @@ class PaymentsStore:
     """SQL for the payments schema; every method runs on the connection it is given."""
 
     async def insert_payment(
-        self, conn: asyncpg.Connection, payment: NewPayment
+        self, conn: asyncpg.Connection, payment: NewPayment, *, initiated: OutboxRows, timeline_id: str
     ) -> tuple[asyncpg.Record, bool]:
-        """Insert a payment; returns (row, created). An existing idempotency key wins."""
+        """Insert a payment with its first timeline row (id ``timeline_id``) and its
+        ``payments.initiated`` outbox row, in one statement (one round trip, one commit);
+        returns (row, created). An existing idempotency key wins: then nothing is written."""
         exchange = payment.exchange
         row = await conn.fetchrow(
-            f"INSERT INTO payments (id, tenant_id, client_id, kind, status, amount, currency, "
+            f"WITH p AS (INSERT INTO payments (id, tenant_id, client_id, kind, status, amount, currency, "
             f"source_account_id, destination_account_id, description, metadata, idempotency_key, "
             f"created_at, updated_at, refund_of, destination_amount, destination_currency, "
             f"exchange_rate) VALUES ($1, $2, $3, $4, 'processing', $5, $6, $7, $8, $9, "
             f"$10, $11, $12, $12, $13, $14, $15, $16) "
-            f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}",
+            f"ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {_COLUMNS}), "
+            f"t AS (INSERT INTO payment_events (id, payment_id, type, status, failure_code, created_at) "
+            f"SELECT $17, p.id, 'payment.created', 'processing', NULL, p.created_at FROM p "
+            f"ON CONFLICT DO NOTHING), "
+            f"o AS (INSERT INTO outbox (event_id, subject, body) "
+            f"SELECT e.* FROM p, unnest($18::text[], $19::text[], $20::bytea[]) AS e) "
+            f"SELECT * FROM p",
             payment.id, payment.tenant_id, payment.client_id, payment.kind,
             payment.amount.amount, payment.amount.currency, payment.source_account_id,
             payment.destination_account_id, payment.description, dict(payment.metadata),
@@ -71,6 +80,7 @@ class PaymentsStore:
             exchange.received.amount if exchange else None,
             exchange.received.currency if exchange else None,
             exchange.rate if exchange else None,
+            timeline_id, initiated.event_ids, initiated.subjects, initiated.bodies,
         )
         if row is not None:
             return row, True
