@@ -32,7 +32,9 @@ from rich.console import Console
 
 from paystream.tools.floor import FloorClient, running_floor
 from paystream.tools.fresh import fresh_stack
-from paystream.tools.load import EngineOptions, LoadEngine, PaymentSpec, run_with_progress
+from paystream.tools.load import EngineOptions, LoadEngine
+from paystream.tools.load_results import PaymentSpec
+from paystream.tools.load_runs import run_with_progress
 from paystream.tools.receiver import WebhookReceiver
 from tests.benchmarks.profile_pipeline import (
     SAMPLE_RATE,

@@ -16,7 +16,7 @@ from paystream.platform.config import load_settings
 from paystream.tools.client import PaystreamClient, StackInfo
 from paystream.tools.demo import SCENARIOS, DemoPlan, FraudLimits, run_scenarios, scenario_problem
 from paystream.tools.invariants import check_invariants
-from paystream.tools.load import WEBHOOK_EVENTS, registered_receiver
+from paystream.tools.load_runs import WEBHOOK_EVENTS, registered_receiver
 
 from ..e2e.stack import running_stack
 from .workload import balances

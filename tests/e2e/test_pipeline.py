@@ -18,7 +18,7 @@ from rich.console import Console
 from paystream.tools.client import PaystreamClient
 from paystream.tools.demo import SCENARIOS, DemoPlan, FraudLimits, run_scenarios, scenario_problem
 from paystream.tools.invariants import check_invariants
-from paystream.tools.load import registered_receiver
+from paystream.tools.load_runs import registered_receiver
 from paystream.tools.receiver import PaymentUpdate
 
 from .stack import UpProcess

@@ -24,7 +24,7 @@ from paystream.ledger.verify import verify_database
 from paystream.tools.client import PaystreamClient
 from paystream.tools.demo import SCENARIOS, DemoPlan, FraudLimits, run_scenarios, scenario_problem
 from paystream.tools.invariants import check_invariants
-from paystream.tools.load import registered_receiver
+from paystream.tools.load_runs import registered_receiver
 
 from .stack import UpProcess, running_stack
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from paystream.platform.tracing import PAYMENT_ID
 from paystream.tools.client import PaystreamClient
-from paystream.tools.load import registered_receiver
+from paystream.tools.load_runs import registered_receiver
 from paystream.tools.receiver import PaymentUpdate
 
 from ..otlp_receiver import OtlpReceiver, ReceivedSpan

@@ -16,7 +16,8 @@ import pytest
 
 from paystream.tools.bench import BenchError, BenchOptions, check_bench_options
 from paystream.tools.floor import PAY_PATH, FloorClient, floor_figures, floor_table, share_percent
-from paystream.tools.load import EngineOptions, LoadEngine, LoadResult, PaymentSpec, Tracked
+from paystream.tools.load import EngineOptions, LoadEngine
+from paystream.tools.load_results import LoadResult, PaymentSpec, Tracked
 from paystream.tools.receiver import UNSIGNED_PATH, WEBHOOK_PATH, PaymentUpdate, WebhookReceiver
 
 

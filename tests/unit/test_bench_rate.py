@@ -16,11 +16,10 @@ import pytest
 
 from paystream.tools.bench import BenchError, BenchOptions, check_bench_options
 from paystream.tools.client import PaystreamClient
-from paystream.tools.load import (
+from paystream.tools.load import EngineOptions, LoadEngine
+from paystream.tools.load_results import (
     LATE_AFTER_SECONDS,
-    EngineOptions,
     Lateness,
-    LoadEngine,
     LoadResult,
     PaymentSpec,
     RateSchedule,

@@ -4,7 +4,7 @@ reviewer sent, when the API's answer to it was lost (a gateway copy died after d
 from __future__ import annotations
 
 from paystream.tools.demo import scenario_problem
-from paystream.tools.load import PaymentSpec, Tracked
+from paystream.tools.load_results import PaymentSpec, Tracked
 
 
 def _reviewed(status: str, *, approved: bool | None = None, sent: bool | None = None) -> Tracked:

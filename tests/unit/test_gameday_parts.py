@@ -10,7 +10,7 @@ import pytest
 from paystream.tools.gameday import GamedayOptions, check_options, fresh_stack_env
 from paystream.tools.gameday_stack import GamedayError, Sampler, StackHandle, Timeline
 from paystream.tools.gameday_verdict import per_second, stuck_in_processing
-from paystream.tools.load import LoadResult, PaymentSpec, Tracked
+from paystream.tools.load_results import LoadResult, PaymentSpec, Tracked
 
 
 def _tracked(sent: float, answered: float | None, terminal: float | None = None,

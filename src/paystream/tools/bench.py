@@ -53,14 +53,10 @@ from paystream.platform.limits import raise_open_files
 from paystream.tools.client import PaystreamClient, StackInfo
 from paystream.tools.floor import FloorFailed, floor_figures, floor_table, measure_floor
 from paystream.tools.invariants import check_invariants
-from paystream.tools.load import (
-    EngineOptions,
-    LoadEngine,
-    LoadResult,
-    PaymentSpec,
-    Sender,
+from paystream.tools.load import EngineOptions, LoadEngine, Sender
+from paystream.tools.load_results import LoadResult, PaymentSpec, lateness_of
+from paystream.tools.load_runs import (
     create_wallets,
-    lateness_of,
     outcome_table,
     performance_table,
     progress_bars,

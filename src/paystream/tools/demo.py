@@ -34,12 +34,9 @@ from paystream.platform.checks import Check, CheckReport
 from paystream.platform.config import load_settings
 from paystream.tools.client import PaystreamClient, StackInfo
 from paystream.tools.invariants import check_invariants
-from paystream.tools.load import (
-    EngineOptions,
-    LoadEngine,
-    LoadResult,
-    PaymentSpec,
-    Tracked,
+from paystream.tools.load import EngineOptions, LoadEngine
+from paystream.tools.load_results import LoadResult, PaymentSpec, Tracked
+from paystream.tools.load_runs import (
     bounded_gather,
     create_wallets,
     outcome_table,

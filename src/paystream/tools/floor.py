@@ -52,15 +52,9 @@ from paystream.platform.home import read_stack
 from paystream.platform.nats_bus import NatsBus
 from paystream.stack.ports import free_port
 from paystream.tools.client import PaystreamClient
-from paystream.tools.load import (
-    EngineOptions,
-    LoadEngine,
-    LoadResult,
-    PaymentSpec,
-    milliseconds,
-    percentile,
-    run_with_progress,
-)
+from paystream.tools.load import EngineOptions, LoadEngine
+from paystream.tools.load_results import LoadResult, PaymentSpec, percentile
+from paystream.tools.load_runs import milliseconds, run_with_progress
 from paystream.tools.receiver import WebhookReceiver
 
 SCHEMA = "floor"

@@ -62,7 +62,8 @@ from paystream.tools.gameday_verdict import (
     per_second,
     run_figures,
 )
-from paystream.tools.load import EngineOptions, LoadEngine, create_wallets, registered_receiver, run_with_progress
+from paystream.tools.load import EngineOptions, LoadEngine
+from paystream.tools.load_runs import create_wallets, registered_receiver, run_with_progress
 
 __all__ = ["GamedayError", "GamedayOptions", "check_options", "fresh_stack_env", "run_gameday"]
 

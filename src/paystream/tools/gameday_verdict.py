@@ -16,7 +16,8 @@ from paystream.ledger.verify import verify_database
 from paystream.platform.checks import Check
 from paystream.tools.gameday_stack import Sampler, StackHandle
 from paystream.tools.invariants import check_invariants
-from paystream.tools.load import TERMINAL, LoadEngine, LoadResult, Tracked, percentile
+from paystream.tools.load import LoadEngine
+from paystream.tools.load_results import TERMINAL, LoadResult, Tracked, percentile
 from paystream.tools.receiver import PaymentUpdate
 
 LAG_RECOVERY_SECONDS = 60.0  # lag must be back to zero this long after the fault's end

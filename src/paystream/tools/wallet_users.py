@@ -34,7 +34,7 @@ import httpx
 import orjson
 
 from paystream.tools.client import PaystreamClient, StackInfo
-from paystream.tools.load import bounded_gather
+from paystream.tools.load_runs import bounded_gather
 
 SETUP_CONCURRENCY = 16  # sign-ups and sign-ins at once: each is an argon2 hash on the gateway
 CONNECT_CONCURRENCY = 64  # connections opened at once when the users come online
