@@ -4,7 +4,8 @@ Posting is two calls of functions of migration 007: ``ledger_lock`` loads the ac
 batch touches, locking those that need a limit check in id order (so concurrent batches
 never deadlock), and ``ledger_write`` writes every change of the decided batch, appending
 the entries to one of the ledger's hash chains (`paystream.ledger.chain`) after locking
-that chain's head.
+that chain's head. For a batch of plain transfers the lock statement also reads which of its
+payments were decided (`LedgerStore.lock_accounts_with_decisions`), one round trip fewer.
 """
 
 from __future__ import annotations
