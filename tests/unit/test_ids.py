@@ -96,3 +96,54 @@ def test_has_prefix_refuses_a_prefix_that_only_starts_the_same() -> None:
 )
 def test_has_prefix_refuses_malformed_ids(value: str) -> None:
     assert not has_prefix(value, "acc")
+
+
+def test_ids_minted_past_several_draws_are_distinct_and_well_formed() -> None:
+    minted = [new_id("trf") for _ in range(5 * ids._DRAW + 7)]
+    assert len(set(minted)) == len(minted)
+    assert all(has_prefix(value, "trf") for value in minted)
+
+
+def test_ids_of_one_run_sort_by_their_millisecond() -> None:
+    minted = []
+    for _ in range(3 * ids._DRAW):
+        minted.append(new_id("evt"))
+    stamps = [_decode_ms(value.removeprefix("evt_")) for value in minted]
+    assert stamps == sorted(stamps)
+
+
+def test_random_digits_are_spread_over_the_whole_alphabet() -> None:
+    digits = "".join(value[-16:] for value in (new_id("pay") for _ in range(2000)))
+    counts = {char: digits.count(char) for char in ALPHABET}
+    expected = len(digits) / 32
+    assert all(0.8 * expected < n < 1.2 * expected for n in counts.values())
+
+
+def test_ids_from_threads_side_by_side_are_distinct() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def mint(_: int) -> list[str]:
+        return [new_id("evt") for _ in range(2 * ids._DRAW)]
+
+    with ThreadPoolExecutor(4) as pool:
+        minted = [value for batch in pool.map(mint, range(8)) for value in batch]
+    assert len(set(minted)) == len(minted)
+
+
+def test_a_forked_child_does_not_mint_the_ids_its_parent_drew_ahead() -> None:
+    import os
+
+    new_id("evt")  # the parent now holds random parts drawn ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, "\n".join(new_id("evt")[-16:] for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split("\n"))
+    os.waitpid(pid, 0)
+    parent = {new_id("evt")[-16:] for _ in range(100)}
+    assert len(child) == 100
+    assert not child & parent

@@ -273,3 +273,23 @@ def test_the_orders_module_does_no_io() -> None:
     assert [name for name in imported if not name.startswith(("paystream.contracts", "paystream.ledger.domain",
                                                                "__future__", "collections", "dataclasses",
                                                                "typing"))] == []
+
+
+def test_plain_approvals_and_reviews_of_transfers_need_only_the_decisions() -> None:
+    signals = [OrderSignal("approved", _order("pay_1"), None),
+               OrderSignal("review", _order("pay_2"), "rev_2"),
+               OrderSignal("declined", _order("pay_3"), None)]
+    assert orders.needs_only_decisions(signals)
+
+
+def test_a_review_s_resolution_needs_its_hold_looked_up_and_locked_first() -> None:
+    for verb in ("approved", "declined"):
+        signals = [OrderSignal("approved", _order("pay_1"), None), OrderSignal(verb, _order("pay_2"), "rev_2")]
+        assert not orders.needs_only_decisions(signals)  # type: ignore[arg-type]
+
+
+def test_deposits_refunds_and_exchanges_need_their_accounts_looked_up_first() -> None:
+    for order in (_order(kind="deposit", source_account_id=None),
+                  _order(kind="refund", refund_of="pay_0"),
+                  _order(destination_account_id="acc_e", destination_amount=920, destination_currency="EUR")):
+        assert not orders.needs_only_decisions([OrderSignal("approved", order, None)])

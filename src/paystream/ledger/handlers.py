@@ -32,6 +32,7 @@ from paystream.ledger.orders import (
     OrderSignal,
     decide,
     moves,
+    needs_only_decisions,
     taken_in_another_currency,
 )
 from paystream.ledger.store import LedgerStore
@@ -78,12 +79,10 @@ class LedgerHandlers:
         if not received:
             return
         signals = [r.signal for r in received]
-        context = await self._load(conn, signals)
-        holds = await self._store.lock_holds(conn, context.holds.values())
-        wanted = moves(signals, context, holds)
-        accounts = await self._store.lock_accounts(conn, {a for a, _ in wanted}, wanted)
-        refundable = await self._store.refundable(conn, [o.transfer_id for o in context.originals.values()])
-        book = Book(accounts, holds, refundable)
+        if needs_only_decisions(signals):
+            context, book = await self._lock_plain(conn, signals)
+        else:
+            context, book = await self._lock(conn, signals)
         events: list[Envelope] = []
         for r in received:
             decision = decide(book, context, r.signal, review_hold_seconds=self._review_hold_seconds)
@@ -95,8 +94,26 @@ class LedgerHandlers:
                 log.info("ledger_hold_closed_already", payment_id=order.payment_id, code=decision.code)
             if decision.outcome is not None:
                 events.append(self._announce(r, decision.outcome))
-        await self._store.write_batch(conn, accounts, book.result, datetime.now(UTC),
+        await self._store.write_batch(conn, book.accounts, book.result, datetime.now(UTC),
                                       outbox=self._outbox.rows(events))
+
+    async def _lock_plain(self, conn: asyncpg.Connection, signals: list[OrderSignal]) -> tuple[OrderContext, Book]:
+        """Plain transfers: which were decided and the accounts, locked, in one round trip."""
+        context = OrderContext(decided=set(), holds={}, originals={}, settlement={}, exchange={})
+        wanted = moves(signals, context, {})
+        decided, accounts = await self._store.lock_accounts_with_decisions(
+            conn, [s.key for s in signals], {a for a, _ in wanted}, wanted)
+        context.decided |= decided
+        return context, Book(accounts)
+
+    async def _lock(self, conn: asyncpg.Connection, signals: list[OrderSignal]) -> tuple[OrderContext, Book]:
+        """Any batch: what its orders need, then its holds and accounts, locked in that order."""
+        context = await self._load(conn, signals)
+        holds = await self._store.lock_holds(conn, context.holds.values())
+        wanted = moves(signals, context, holds)
+        accounts = await self._store.lock_accounts(conn, {a for a, _ in wanted}, wanted)
+        refundable = await self._store.refundable(conn, [o.transfer_id for o in context.originals.values()])
+        return context, Book(accounts, holds, refundable)
 
     async def _load(self, conn: asyncpg.Connection, signals: list[OrderSignal]) -> OrderContext:
         keys = [s.key for s in signals]

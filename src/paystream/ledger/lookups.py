@@ -11,6 +11,20 @@ import asyncpg
 from paystream.ledger.domain import Leg
 from paystream.ledger.orders import PostedTransfer
 
+# The (tenant, external ref) pairs of $1, $2 that were decided: posted, held (with the
+# pending transfer's id) or rejected. `LedgerStore.lock_accounts_with_decisions` runs it
+# inside its lock statement.
+DECIDED_REFS = (
+    "SELECT t.tenant_id, t.external_ref, t.id, t.phase FROM transfers t "
+    "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
+    "ON t.tenant_id = r.tenant_id AND t.external_ref = r.ref "
+    "AND t.phase IN ('posted', 'pending') "
+    "UNION ALL "
+    "SELECT j.tenant_id, j.external_ref, NULL, 'rejected' FROM rejections j "
+    "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
+    "ON j.tenant_id = r.tenant_id AND j.external_ref = r.ref"
+)
+
 
 class TransferLookups:
     """Read-only SQL over the ledger schema; every method runs on the connection it is given."""
@@ -53,17 +67,7 @@ class TransferLookups:
         refs = list(refs)
         if not refs:
             return set(), {}
-        rows = await conn.fetch(
-            "SELECT t.tenant_id, t.external_ref, t.id, t.phase FROM transfers t "
-            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
-            "ON t.tenant_id = r.tenant_id AND t.external_ref = r.ref "
-            "AND t.phase IN ('posted', 'pending') "
-            "UNION ALL "
-            "SELECT j.tenant_id, j.external_ref, NULL, 'rejected' FROM rejections j "
-            "JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, ref) "
-            "ON j.tenant_id = r.tenant_id AND j.external_ref = r.ref",
-            [r[0] for r in refs], [r[1] for r in refs],
-        )
+        rows = await conn.fetch(DECIDED_REFS, [r[0] for r in refs], [r[1] for r in refs])
         decided = {(row["tenant_id"], row["external_ref"]) for row in rows}
         held = {(row["tenant_id"], row["external_ref"]): row["id"] for row in rows
                 if row["phase"] == "pending"}

@@ -106,6 +106,18 @@ class Decision:
     code: str | None = None
 
 
+def needs_only_decisions(signals: list[OrderSignal]) -> bool:
+    """True when a batch needs nothing from the database before its accounts are locked but
+    which of its payments were decided: no signal resolves a review (its hold must be locked
+    before any account) and every order is a plain transfer (no settlement or exchange
+    account to look up, no posting to refund)."""
+    return all(
+        (s.review_id is None or s.verb == "review")
+        and s.order.kind == "transfer" and not s.order.destination_currency
+        for s in signals
+    )
+
+
 def moves(
     signals: list[OrderSignal], context: OrderContext, holds: dict[str, HoldState]
 ) -> list[tuple[str, Direction]]:
