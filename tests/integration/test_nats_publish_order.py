@@ -13,6 +13,7 @@ from typing import Any
 
 from nats.js.api import StreamConfig
 
+from paystream.contracts.topology import StreamSpec
 from paystream.platform.bus import OutgoingMessage
 from paystream.platform.errors import TransientError
 from paystream.platform.nats_bus import NatsBus
@@ -70,8 +71,6 @@ async def test_provisioned_streams_take_atomic_batches(
 async def test_a_batch_over_two_streams_keeps_each_streams_order(
     nats_bus: NatsBus, jetstream: Any, bus_names: Any, uid: str,
 ) -> None:
-    from paystream.contracts.topology import StreamSpec
-
     other = StreamSpec(name=f"S_{uid}_B", subjects=(f"{uid}b.>",))
     await nats_bus.ensure_topology([bus_names.stream, other], [])
     a, b = bus_names.subject("event", "0"), f"{uid}b.event.0"

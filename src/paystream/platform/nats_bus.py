@@ -34,7 +34,7 @@ MAX_AGE_SECONDS = 30 * 24 * 3600.0
 # nats-server's default ceiling on one atomic batch (jetstream.limits.batch.max_msgs).
 ATOMIC_BATCH_MAX = 1000
 ERR_BATCH_DUPLICATE_ID = 10201  # "atomic publish batch contains duplicate message id"
-ERRS_ATOMIC_DISABLED = frozenset({10174})  # the stream was made without allow_atomic
+ERR_ATOMIC_DISABLED = 10174  # the stream was made without allow_atomic
 
 _NATS_ERRORS = (
     nats.errors.Error,
@@ -67,7 +67,6 @@ class _NotAtomic(Exception):
 
     def __init__(self, description: str, *, duplicate: bool) -> None:
         super().__init__(description)
-        self.description = description
         self.duplicate = duplicate
 
 
@@ -238,7 +237,7 @@ class NatsBus:
                 # stream takes no batches: one at a time, each waiting for the one before.
                 if not exc.duplicate and stream not in self._warned:
                     self._warned.add(stream)  # once: `paystream migrate` turns batches on
-                    log.warning("atomic_publish_refused", stream=stream, error=exc.description)
+                    log.warning("atomic_publish_refused", stream=stream, error=str(exc))
                 stored += await self._publish_one_by_one(chunk)
         return stored
 
@@ -263,7 +262,7 @@ class NatsBus:
         error = answer.get("error") if isinstance(answer, dict) else {"description": repr(answer)}
         if error:
             code = int(error.get("err_code") or 0)
-            if code == ERR_BATCH_DUPLICATE_ID or code in ERRS_ATOMIC_DISABLED:
+            if code in (ERR_BATCH_DUPLICATE_ID, ERR_ATOMIC_DISABLED):
                 raise _NotAtomic(str(error.get("description")), duplicate=code == ERR_BATCH_DUPLICATE_ID)
             raise TransientError(f"publish of {last} messages refused: {error}")
         return int(answer.get("count") or last)

@@ -269,23 +269,24 @@ async def _finish(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
             log.error("task_failed", error=repr(task.exception()))
 
 
+def http_config(app: Any, settings: Settings, *, host: str, port: int, **extra: Any) -> uvicorn.Config:
+    """How every paystream HTTP server runs (and the bench's floor, so that it stays the same
+    hops): uvloop already running, httptools, no access log, the keep-alive and backlog of
+    ``settings``."""
+    return uvicorn.Config(
+        app, host=host, port=port, loop="none", http="httptools", lifespan="on", access_log=False,
+        log_config=None, timeout_graceful_shutdown=20, timeout_keep_alive=settings.http_keep_alive_seconds,
+        backlog=settings.http_backlog, **extra,
+    )
+
+
 async def _serve(module: ModuleType, settings: Settings) -> None:
     name: str = module.NAME
     ctx = await build_context(name, settings, module.NEEDS)
     parts: ServiceParts = await module.build(ctx)
     app = create_app(ctx, parts)
-    config = uvicorn.Config(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        loop="none",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=20,
-        timeout_keep_alive=settings.http_keep_alive_seconds,
-        backlog=settings.http_backlog,
+    config = http_config(
+        app, settings, host=settings.http_host, port=settings.http_port,
         ssl_certfile=settings.tls_certfile if settings.tls_keyfile else None,
         ssl_keyfile=settings.tls_keyfile if settings.tls_certfile else None,
     )

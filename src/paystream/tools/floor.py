@@ -50,6 +50,7 @@ from paystream.platform.db import create_pool
 from paystream.platform.errors import TransientError
 from paystream.platform.home import read_stack
 from paystream.platform.nats_bus import NatsBus
+from paystream.platform.runtime import http_config
 from paystream.stack.ports import free_port
 from paystream.tools.client import PaystreamClient
 from paystream.tools.load import EngineOptions, LoadEngine
@@ -199,12 +200,7 @@ async def _answer(send: Send, status: int, body: bytes) -> None:
 
 async def serve(home: Path, port: int, ready: Path) -> None:
     """uvicorn as `platform.runtime` runs it for the services, serving `PayApp`."""
-    settings = load_settings()
-    config = uvicorn.Config(
-        PayApp(home, ready), host="127.0.0.1", port=port, loop="none", http="httptools", lifespan="on",
-        access_log=False, log_config=None, timeout_graceful_shutdown=20,
-        timeout_keep_alive=settings.http_keep_alive_seconds, backlog=settings.http_backlog,
-    )
+    config = http_config(PayApp(home, ready), load_settings(), host="127.0.0.1", port=port)
     await uvicorn.Server(config).serve()
 
 
